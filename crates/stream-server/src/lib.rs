@@ -1,0 +1,28 @@
+//! The apiserver-facing side of the tunnel: a kubelet API server for edge nodes.
+//!
+//! # How this fits
+//!
+//! kube-apiserver, metrics-server and Prometheus send kubelet requests (logs, exec, attach,
+//! port-forward, stats, metrics) here as if this were the node's kubelet. The
+//! [`StreamServer`] finds the node's session through a
+//! [`SessionDirectory`](tunnel_session::SessionDirectory) (usually the
+//! [`Registry`](tunnel_session::Registry) the tunnel server fills), opens a stream on it and
+//! relays the request; `edge-stream` replays it against the node's kubelet.
+//!
+//! # Layout
+//!
+//! - [`route`]: the kubelet routes served, and nothing else.
+//! - [`node`]: which node a request is for (Host, HTTP/2 authority, node proxy path).
+//! - [`server`]: TLS with client certificates, HTTP/1.1 and HTTP/2, drain on shutdown.
+//! - `relay` and `body` (private): the one relay every operation goes through.
+
+mod body;
+pub mod error;
+pub mod node;
+mod relay;
+pub mod route;
+pub mod server;
+
+pub use error::{Error, Result};
+pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
+pub use server::{StreamServer, StreamServerConfig};

@@ -1,0 +1,430 @@
+//! One relay for every kubelet operation (design decision 5).
+//!
+//! Every request becomes: find the node's session, open a stream carrying the request head,
+//! relay bytes. Upgrades (exec, attach, port-forward; SPDY or WebSocket alike) come back as
+//! the kubelet's raw response: we parse its head (bounded, with `httparse`), answer the
+//! client with the kubelet's own status and headers — 101 included — write whatever followed
+//! the head, and bridge both ways. Plain requests (logs, stats, metrics) come back as the
+//! kubelet's status and headers (tether/2 open result) and the body, unchanged.
+//! The tunnel never parses SPDY or WebSocket.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use stream_proto::{ConnectRequest, GoUrl, OpenResult, canonical_header_key};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{Instrument, debug, info, info_span, warn};
+use tunnel_session::{Dialect, NodeKey, SessionDirectory, Stream};
+
+use crate::body::{READ_CHUNK, TunnelBody};
+use crate::node::node_of;
+use crate::route::{NoRoute, Operation, classify};
+
+/// The response body type of the stream server.
+pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// The kubelet address KubeEdge writes into every connect descriptor (spec 2.8). The edge
+/// dials its own configured kubelet whatever this says; stock edges use it as is.
+pub const KUBEEDGE_KUBELET_HOST: &str = "127.0.0.1:10350";
+/// Largest kubelet response head we accept through the tunnel.
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Largest error body we buffer when the kubelet sends one chunked on an upgrade path.
+const MAX_CHUNKED_ERROR_BODY: usize = 64 * 1024;
+/// Headers that describe one hop and are never copied between hops (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// What a relay needs from the server.
+pub(crate) struct Relay {
+    pub(crate) directory: Arc<dyn SessionDirectory>,
+    pub(crate) response_timeout: Duration,
+    pub(crate) tracker: tokio_util::task::TaskTracker,
+}
+
+impl Relay {
+    /// Serves one kubelet request.
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (op, _pod) = match classify(req.method(), req.uri().path()) {
+            Ok(found) => found,
+            Err(NoRoute::NotFound) => return text(StatusCode::NOT_FOUND, "404 page not found"),
+            Err(NoRoute::MethodNotAllowed) => {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
+            }
+        };
+        let Some(node) = node_of(&req) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the request names no node (no Host header or node proxy path)",
+            );
+        };
+        let Some(session) = self.directory.find(NodeKey::parse(&node)) else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("no tunnel session for node {node}: the node is not connected to this cloudstream"),
+            );
+        };
+        let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
+        async move {
+            let request = connect_request(&req, op, session.dialect());
+            let stream = match session.open(op.connect_kind(), request).await {
+                Ok(s) => s,
+                Err(e) => {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("cannot open a stream to node {}: {e}", session.node().name),
+                    );
+                }
+            };
+            tracing::Span::current().record("connect_id", stream.id().0);
+            debug!(method = %req.method(), path = %req.uri().path(), "relaying");
+            if op.is_upgrade() {
+                self.upgrade(req, stream).await
+            } else {
+                self.plain(req, stream).await
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Logs, stats and metrics.
+    async fn plain(&self, req: Request<Incoming>, mut stream: Stream) -> Response<ResponseBody> {
+        match stream.dialect() {
+            Dialect::Tether2 => {
+                // Send the request body (a POST to /stats/summary has one), then half-close.
+                let body = req.into_body();
+                let sent = tokio::time::timeout(self.response_timeout, async {
+                    let mut body = body;
+                    while let Some(frame) = body.frame().await {
+                        let frame = frame.map_err(io::Error::other)?;
+                        if let Ok(data) = frame.into_data() {
+                            stream.write_all(&data).await?;
+                        }
+                    }
+                    stream.shutdown().await
+                })
+                .await;
+                match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return bad_gateway(&format!("sending the request body: {e}")),
+                    Err(_) => return gateway_timeout("sending the request body"),
+                }
+                match stream.open_result().await {
+                    Ok(Some(OpenResult::Response { status, headers })) => {
+                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let mut response = Response::new(
+                            TunnelBody::new(Bytes::new(), stream, None).boxed_unsync(),
+                        );
+                        *response.status_mut() = status;
+                        copy_headers(
+                            headers
+                                .iter()
+                                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_bytes()))),
+                            response.headers_mut(),
+                        );
+                        response
+                    }
+                    Ok(Some(OpenResult::Refused { status, reason })) => refused(status, &reason),
+                    Ok(Some(OpenResult::Raw)) => {
+                        bad_gateway("the edge answered a plain request with a raw connection")
+                    }
+                    Ok(None) => bad_gateway("the edge gave no answer"),
+                    Err(tunnel_session::Error::Timeout(what)) => gateway_timeout(what),
+                    Err(e) => bad_gateway(&e.to_string()),
+                }
+            }
+            Dialect::KubeEdge => {
+                // A stock edge sends the body and nothing about the kubelet's status, so, as
+                // stock cloudcore does, answer 200 and stream what comes (docs/protocol.md).
+                let mut response =
+                    Response::new(TunnelBody::new(Bytes::new(), stream, None).boxed_unsync());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+        }
+    }
+
+    /// Exec, attach and port-forward: relay the kubelet's own answer, then bridge.
+    async fn upgrade(&self, mut req: Request<Incoming>, mut stream: Stream) -> Response<ResponseBody> {
+        if stream.dialect() == Dialect::Tether2 {
+            match stream.open_result().await {
+                Ok(Some(OpenResult::Raw)) => {}
+                Ok(Some(OpenResult::Refused { status, reason })) => return refused(status, &reason),
+                Ok(Some(OpenResult::Response { .. })) | Ok(None) => {
+                    return bad_gateway("the edge did not open a raw connection");
+                }
+                Err(tunnel_session::Error::Timeout(what)) => return gateway_timeout(what),
+                Err(e) => return bad_gateway(&e.to_string()),
+            }
+        }
+        let head = match tokio::time::timeout(self.response_timeout, read_head(&mut stream)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => return bad_gateway(&e),
+            Err(_) => return gateway_timeout("waiting for the kubelet's response"),
+        };
+        let mut response_headers = HeaderMap::new();
+        copy_headers(
+            head.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+            &mut response_headers,
+        );
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            if req.version() != Version::HTTP_11 {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "protocol upgrades need HTTP/1.1 (this request came over HTTP/2)",
+                );
+            }
+            // Connection and Upgrade are hop-by-hop, but a 101 must carry them: the
+            // kubelet's values pass through.
+            for name in [header::CONNECTION, header::UPGRADE] {
+                for value in head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name.as_str())) {
+                    if let Ok(v) = HeaderValue::from_bytes(&value.1) {
+                        response_headers.append(name.clone(), v);
+                    }
+                }
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let leftover = head.rest;
+            self.tracker.spawn(
+                async move {
+                    let upgraded = match on_upgrade.await {
+                        Ok(u) => u,
+                        Err(e) => {
+                            warn!(error = %e, "client upgrade did not complete");
+                            return;
+                        }
+                    };
+                    let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                    let started = std::time::Instant::now();
+                    let result = async {
+                        if !leftover.is_empty() {
+                            client.write_all(&leftover).await?;
+                        }
+                        tokio::io::copy_bidirectional_with_sizes(
+                            &mut client,
+                            &mut stream,
+                            READ_CHUNK,
+                            READ_CHUNK,
+                        )
+                        .await
+                    }
+                    .await;
+                    match result {
+                        Ok((up, down)) => info!(
+                            bytes_to_kubelet = up,
+                            bytes_from_kubelet = down as usize + leftover.len(),
+                            duration = ?started.elapsed(),
+                            "stream finished"
+                        ),
+                        Err(e) => info!(error = %e, duration = ?started.elapsed(), "stream ended with an error"),
+                    }
+                }
+                .in_current_span(),
+            );
+            let mut response = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *response.headers_mut() = response_headers;
+            return response;
+        }
+        // Anything else (400, 403, 404, 500 "Upgrade request required") is relayed as an
+        // ordinary response, body included.
+        let chunked = head.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding")
+                && String::from_utf8_lossy(v).to_ascii_lowercase().contains("chunked")
+        });
+        let body = if chunked {
+            match read_chunked(head.rest, &mut stream).await {
+                Ok(body) => Full::new(body).map_err(|e| match e {}).boxed_unsync(),
+                Err(e) => return bad_gateway(&e),
+            }
+        } else {
+            let length = head
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+            TunnelBody::new(head.rest, stream, length).boxed_unsync()
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = response_headers;
+        response
+    }
+}
+
+/// Builds the KubeEdge connect descriptor for a request (spec 2.8): the URL as received with
+/// scheme and host rewritten, the headers as Go's server would show them (no `Host`), and the
+/// method for upgrades (and, with tether/2, always).
+fn connect_request<B>(req: &Request<B>, op: Operation, dialect: Dialect) -> ConnectRequest {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let url = GoUrl::from_request_target("http", KUBEEDGE_KUBELET_HOST, &target).unwrap_or_else(|_| GoUrl {
+        scheme: "http".into(),
+        host: KUBEEDGE_KUBELET_HOST.into(),
+        path: req.uri().path().to_owned(),
+        raw_query: req.uri().query().unwrap_or_default().to_owned(),
+        ..GoUrl::default()
+    });
+    let mut header = stream_proto::HeaderMap::new();
+    for (name, value) in req.headers() {
+        if *name == header::HOST {
+            continue;
+        }
+        header
+            .entry(canonical_header_key(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let method = (op.is_upgrade() || dialect == Dialect::Tether2).then(|| req.method().to_string());
+    ConnectRequest {
+        mess_id: 0,
+        url,
+        header: Some(header),
+        method,
+    }
+}
+
+/// A parsed kubelet response head and the bytes that followed it.
+struct Head {
+    status: StatusCode,
+    headers: Vec<(String, Vec<u8>)>,
+    rest: Bytes,
+}
+
+async fn read_head(stream: &mut Stream) -> Result<Head, String> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = parsed
+                    .code
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .ok_or_else(|| "the kubelet's response has no valid status".to_owned())?;
+                let headers = parsed
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                    .collect();
+                buf.advance(len);
+                return Ok(Head {
+                    status,
+                    headers,
+                    rest: buf.freeze(),
+                });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(format!("the kubelet's response head is not HTTP: {e}")),
+        }
+        if buf.len() >= MAX_RESPONSE_HEAD {
+            return Err(format!("the kubelet's response head exceeds {MAX_RESPONSE_HEAD} bytes"));
+        }
+        buf.reserve(4096);
+        match stream.read_buf(&mut buf).await {
+            Ok(0) => return Err("the kubelet closed the connection without a response".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the kubelet's response: {e}")),
+        }
+    }
+}
+
+/// Reads a small chunked body to its end and returns it decoded.
+async fn read_chunked(first: Bytes, stream: &mut Stream) -> Result<Bytes, String> {
+    let mut raw = BytesMut::from(&first[..]);
+    let mut body = BytesMut::new();
+    loop {
+        match httparse::parse_chunk_size(&raw) {
+            Ok(httparse::Status::Complete((start, size))) => {
+                let size = usize::try_from(size).map_err(|_| "chunk too large".to_owned())?;
+                if size == 0 {
+                    return Ok(body.freeze());
+                }
+                if body.len() + size > MAX_CHUNKED_ERROR_BODY {
+                    return Err("the kubelet's error body is too large".into());
+                }
+                if raw.len() >= start + size + 2 {
+                    body.extend_from_slice(&raw[start..start + size]);
+                    raw.advance(start + size + 2);
+                    continue;
+                }
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Err("bad chunked encoding from the kubelet".into()),
+        }
+        if raw.len() > MAX_CHUNKED_ERROR_BODY + 64 {
+            return Err("the kubelet's error body is too large".into());
+        }
+        match stream.read_buf(&mut raw).await {
+            Ok(0) => return Ok(body.freeze()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("reading the kubelet's body: {e}")),
+        }
+    }
+}
+
+/// Copies end-to-end headers; hop-by-hop ones stay behind.
+fn copy_headers<'a>(from: impl Iterator<Item = (&'a str, &'a [u8])>, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            to.append(name, value);
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{body}\n")))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn refused(status: u16, reason: &str) -> Response<ResponseBody> {
+    text(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        reason,
+    )
+}
+
+fn bad_gateway(reason: &str) -> Response<ResponseBody> {
+    text(StatusCode::BAD_GATEWAY, reason)
+}
+
+fn gateway_timeout(what: &str) -> Response<ResponseBody> {
+    text(StatusCode::GATEWAY_TIMEOUT, &format!("timed out {what}"))
+}

@@ -1,0 +1,184 @@
+//! The apiserver-facing HTTPS server.
+//!
+//! kube-apiserver, metrics-server and Prometheus connect here as if this were the node's
+//! kubelet. TLS requires a client certificate from the configured CA (unlike stock
+//! cloudcore, which requests one and never checks it). HTTP/1.1 and HTTP/2 are both served;
+//! upgrades need HTTP/1.1, as with a real kubelet.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use tunnel_session::SessionDirectory;
+
+use crate::error::Result;
+use crate::relay::Relay;
+
+/// Default time allowed for a client's TLS handshake and request head.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default wait for the kubelet's answer through the tunnel.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default limit on client connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time in-flight requests (upgraded ones too) get to finish on shutdown.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Tunables of the stream server.
+#[derive(Debug, Clone)]
+pub struct StreamServerConfig {
+    /// TLS handshake and request head must arrive within this.
+    pub handshake_timeout: Duration,
+    /// How long to wait for the kubelet's response head through the tunnel.
+    pub response_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// On shutdown, how long requests may run before they are cut.
+    pub drain_grace: Duration,
+}
+
+impl Default for StreamServerConfig {
+    fn default() -> Self {
+        StreamServerConfig {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            drain_grace: DEFAULT_DRAIN_GRACE,
+        }
+    }
+}
+
+/// Serves the kubelet API for every node that has a session in the directory.
+pub struct StreamServer {
+    acceptor: TlsAcceptor,
+    directory: Arc<dyn SessionDirectory>,
+    config: StreamServerConfig,
+}
+
+impl std::fmt::Debug for StreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamServer").field("config", &self.config).finish()
+    }
+}
+
+impl StreamServer {
+    /// A server presenting `tls` — which should require client certificates and offer
+    /// `h2` and `http/1.1` by ALPN — and finding sessions in `directory`.
+    pub fn new(
+        tls: Arc<rustls::ServerConfig>,
+        directory: Arc<dyn SessionDirectory>,
+        config: StreamServerConfig,
+    ) -> StreamServer {
+        StreamServer {
+            acceptor: TlsAcceptor::from(tls),
+            directory,
+            config,
+        }
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight
+    /// requests, upgraded streams included, the drain grace before cutting them.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        let connections = TaskTracker::new();
+        let streams = TaskTracker::new();
+        let cut = CancellationToken::new();
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let relay = Arc::new(Relay {
+            directory: self.directory.clone(),
+            response_timeout: self.config.response_timeout,
+            tracker: streams.clone(),
+        });
+        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "stream accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let relay = relay.clone();
+            let timeout = self.config.handshake_timeout;
+            let cut = cut.clone();
+            let watcher = graceful.watcher();
+            connections.spawn(async move {
+                serve_connection(tcp, peer, acceptor, relay, timeout, watcher, cut).await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        info!("stream server draining");
+        let grace = self.config.drain_grace;
+        let drained = async {
+            graceful.shutdown().await;
+            streams.close();
+            streams.wait().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            warn!(?grace, "drain grace over; cutting the remaining requests");
+        }
+        cut.cancel();
+        connections.close();
+        connections.wait().await;
+        Ok(())
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    relay: Arc<Relay>,
+    timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+    cut: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "stream client refused at TLS");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "stream client TLS handshake timed out");
+            return;
+        }
+    };
+    let service = service_fn(move |req| {
+        let relay = relay.clone();
+        async move { Ok::<_, Infallible>(relay.handle(req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .half_close(false);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let conn = watcher.watch(conn.into_owned());
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!(%peer, error = %e, "stream connection ended with an error");
+        },
+        () = cut.cancelled() => {}
+    }
+}

@@ -1,0 +1,93 @@
+//! Tunables of a session, with the defaults an operator gets when they set nothing.
+
+use std::time::Duration;
+
+/// Default per-stream receive window and buffer bound: 1 MiB (design.md §3: a stalled
+/// stream holds at most this much).
+pub const DEFAULT_STREAM_WINDOW: u32 = 1 << 20;
+/// Default time a stock-KubeEdge session reader may wait for one full stream buffer before
+/// that stream alone is closed.
+pub const DEFAULT_STALL_LIMIT: Duration = Duration::from_secs(5);
+/// Default interval between our websocket pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Default silence after which the peer is declared dead.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_secs(30);
+/// Default deadline for one write (and flush) to the websocket.
+pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(15);
+/// Default number of tunnel messages queued for the writer.
+pub const DEFAULT_WRITE_QUEUE: usize = 64;
+/// Default limit on concurrently open streams per session.
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
+/// Default largest DATA payload we send. KubeEdge accepts up to 1 MiB; 64 KiB keeps
+/// interactive streams responsive while bulk copies stay cheap.
+pub const DEFAULT_MAX_DATA_CHUNK: usize = 64 * 1024;
+/// Default wait for the edge's answer to a new stream (tether/2 open result).
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a session behaves. Both ends of the tunnel use the same type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Bytes a stream may buffer on receipt; with tether/2 it is also the credit window we
+    /// grant the peer per stream.
+    pub stream_window: u32,
+    /// With a stock KubeEdge peer (no windows), how long the session reader waits for space
+    /// in one stream's buffer before closing that stream.
+    pub stall_limit: Duration,
+    /// Interval between pings we send.
+    pub ping_interval: Duration,
+    /// Silence after which the peer is dead and the session ends.
+    pub dead_after: Duration,
+    /// Deadline for each write to the websocket; a peer that does not read is dead.
+    pub write_deadline: Duration,
+    /// Tunnel messages queued for the writer task.
+    pub write_queue: usize,
+    /// Streams open at once on one session.
+    pub max_streams: usize,
+    /// Largest DATA payload per message.
+    pub max_data_chunk: usize,
+    /// How long `Stream::open_result` waits for the edge (tether/2).
+    pub open_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            stream_window: DEFAULT_STREAM_WINDOW,
+            stall_limit: DEFAULT_STALL_LIMIT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            dead_after: DEFAULT_DEAD_AFTER,
+            write_deadline: DEFAULT_WRITE_DEADLINE,
+            write_queue: DEFAULT_WRITE_QUEUE,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_data_chunk: DEFAULT_MAX_DATA_CHUNK,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Checks the values against each other; returns a description of the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stream_window < 1024 {
+            return Err(format!("stream window {} is below 1024 bytes", self.stream_window));
+        }
+        if self.max_data_chunk == 0 || self.max_data_chunk > stream_proto::MAX_DATA_LEN {
+            return Err(format!(
+                "max data chunk {} must be between 1 and {}",
+                self.max_data_chunk,
+                stream_proto::MAX_DATA_LEN
+            ));
+        }
+        if self.ping_interval.is_zero() || self.dead_after <= self.ping_interval {
+            return Err("the dead-peer deadline must be longer than the ping interval".into());
+        }
+        if self.write_queue == 0 || self.max_streams == 0 {
+            return Err("write queue and stream limit must be at least 1".into());
+        }
+        if self.write_deadline.is_zero() || self.stall_limit.is_zero() || self.open_timeout.is_zero()
+        {
+            return Err("deadlines must be longer than zero".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,720 @@
+//! A session: one websocket to one edge node, carrying many streams.
+//!
+//! [`Session::establish`] takes an already-upgraded connection and returns three things:
+//! the [`Session`] handle (cheap to clone; opens streams, reports state), the [`Incoming`]
+//! streams the peer opens (used by the edge), and the [`SessionDriver`] future that owns the
+//! connection. The driver runs the reader and the writer in one task; whoever spawned it
+//! owns it, and the session ends when it returns.
+//!
+//! The writer drains a small priority queue of control messages (pongs, windows, resets) and
+//! a bounded queue of stream messages, batches what is ready and writes it under a deadline.
+//! The reader decodes each message and hands it to its stream without blocking other
+//! streams, except for a bounded pause when a stock KubeEdge peer overruns a stream buffer.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use stream_proto::{ConnectId, ConnectRequest, Message, MessageType, OpenResult, Reset, ResetCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+
+use crate::config::SessionConfig;
+use crate::dialect::{Dialect, NodeIdentity, Role};
+use crate::error::{Error, Result};
+use crate::stream::{ConnectKind, Push, Stream, StreamShared};
+use crate::ws::{self, DataKind, FrameReader, OpCode, WsEvent, WsRole};
+
+/// Streams opened by the peer and not yet accepted; more are refused.
+const INCOMING_QUEUE: usize = 128;
+/// The writer writes once it has gathered this much.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Per stream we queue at most a window update and a reset or remove, plus a few spare.
+const CONTROL_PER_STREAM: usize = 3;
+
+/// What a session is built from, besides the connection itself.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Which end we are.
+    pub role: Role,
+    /// The negotiated dialect.
+    pub dialect: Dialect,
+    /// The edge node this session is for.
+    pub node: NodeIdentity,
+    /// Tunables.
+    pub config: SessionConfig,
+    /// The per-stream window the peer grants us (tether/2; ignored for KubeEdge).
+    pub peer_window: u32,
+    /// Bytes already read past the HTTP handshake, which belong to the websocket.
+    pub leftover: Bytes,
+}
+
+/// Byte and message counters of a session.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    streams_opened: AtomicU64,
+    rtt_micros: AtomicU64,
+}
+
+impl SessionStats {
+    pub(crate) fn add_sent(&self, n: usize) {
+        self.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    /// Stream payload bytes sent to the peer.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+    /// Stream payload bytes received from the peer.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+    /// Streams opened on this session, by either side.
+    pub fn streams_opened(&self) -> u64 {
+        self.streams_opened.load(Ordering::Relaxed)
+    }
+    /// The last measured ping round trip, if any.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// Control messages waiting for the writer, ahead of stream data.
+#[derive(Default)]
+struct ControlQueue {
+    /// Only the latest ping needs an answer (RFC 6455 §5.5.3).
+    pong: Option<Bytes>,
+    messages: VecDeque<Message>,
+}
+
+/// State shared by the session handle, its streams and its driver.
+pub(crate) struct Shared {
+    pub(crate) role: Role,
+    pub(crate) dialect: Dialect,
+    pub(crate) node: NodeIdentity,
+    pub(crate) config: SessionConfig,
+    peer_window: u32,
+    streams: Mutex<HashMap<ConnectId, Arc<StreamShared>>>,
+    next_id: AtomicU64,
+    pub(crate) data_tx: mpsc::Sender<Message>,
+    control: Mutex<ControlQueue>,
+    control_ready: Notify,
+    cancel: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    /// No new streams: we are draining, or the peer said GO_AWAY.
+    draining: AtomicBool,
+    pub(crate) stats: SessionStats,
+    epoch: Instant,
+    last_received: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Shared {
+    /// Queues a control message ahead of stream data. Never blocks: the queue holds at most a
+    /// few messages per open stream, and a session whose peer makes it overflow is closed.
+    pub(crate) fn push_control(&self, msg: Message) {
+        let limit = CONTROL_PER_STREAM * self.config.max_streams + 16;
+        let mut q = lock(&self.control);
+        if q.messages.len() >= limit {
+            drop(q);
+            self.close("control queue overflow");
+            return;
+        }
+        q.messages.push_back(msg);
+        drop(q);
+        self.control_ready.notify_one();
+    }
+
+    fn push_pong(&self, payload: Bytes) {
+        lock(&self.control).pong = Some(payload);
+        self.control_ready.notify_one();
+    }
+
+    pub(crate) fn remove_stream(&self, id: ConnectId) {
+        lock(&self.streams).remove(&id);
+    }
+
+    fn stream(&self, id: ConnectId) -> Option<Arc<StreamShared>> {
+        lock(&self.streams).get(&id).cloned()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    pub(crate) fn close_reason(&self) -> String {
+        lock(&self.close_reason)
+            .clone()
+            .unwrap_or_else(|| "closed".to_owned())
+    }
+
+    pub(crate) fn close(&self, reason: &str) {
+        {
+            let mut r = lock(&self.close_reason);
+            if r.is_none() {
+                *r = Some(reason.to_owned());
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Fails every stream; called once when the driver ends.
+    fn fail_all(&self) {
+        let reason = format!("tunnel session to {} closed: {}", self.node.name, self.close_reason());
+        let streams: Vec<_> = lock(&self.streams).drain().map(|(_, s)| s).collect();
+        for s in streams {
+            s.fail(&reason);
+        }
+    }
+
+    fn register_stream(&self, id: ConnectId, kind: ConnectKind) -> Result<Arc<StreamShared>> {
+        let credit = match self.dialect {
+            Dialect::Tether2 => u64::from(self.peer_window),
+            Dialect::KubeEdge => u64::MAX,
+        };
+        let shared = StreamShared::new(id, kind, credit);
+        let mut streams = lock(&self.streams);
+        if streams.len() >= self.config.max_streams {
+            return Err(Error::TooManyStreams(self.config.max_streams));
+        }
+        if streams.contains_key(&id) {
+            return Err(Error::Protocol(format!("connect id {id} is already in use")));
+        }
+        streams.insert(id, shared.clone());
+        self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        Ok(shared)
+    }
+}
+
+/// A handle on one tunnel session. Clones share the session.
+#[derive(Clone)]
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("node", &self.shared.node)
+            .field("dialect", &self.shared.dialect)
+            .field("role", &self.shared.role)
+            .finish()
+    }
+}
+
+/// A stream the peer opened, with the request it carries.
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The KubeEdge connect descriptor: the kubelet URL, headers and method.
+    pub request: ConnectRequest,
+    /// The stream itself.
+    pub stream: Stream,
+}
+
+/// The streams the peer opens (edge side). Ends when the session ends.
+#[derive(Debug)]
+pub struct Incoming {
+    rx: mpsc::Receiver<IncomingStream>,
+}
+
+impl Incoming {
+    /// The next stream the cloud opened, or `None` once the session is over.
+    pub async fn accept(&mut self) -> Option<IncomingStream> {
+        self.rx.recv().await
+    }
+}
+
+/// The future that owns the connection; see [`Session::establish`].
+pub struct SessionDriver {
+    io: Box<dyn Io>,
+    shared: Arc<Shared>,
+    data_rx: mpsc::Receiver<Message>,
+    incoming_tx: mpsc::Sender<IncomingStream>,
+    leftover: Bytes,
+}
+
+impl fmt::Debug for SessionDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionDriver")
+            .field("node", &self.shared.node)
+            .finish()
+    }
+}
+
+/// What a session runs over: any byte stream (in production TLS after an HTTP upgrade).
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl Session {
+    /// Builds a session over an upgraded websocket connection.
+    pub fn establish<T: Io>(io: T, params: SessionParams) -> (Session, Incoming, SessionDriver) {
+        let (data_tx, data_rx) = mpsc::channel(params.config.write_queue);
+        let (incoming_tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let shared = Arc::new(Shared {
+            role: params.role,
+            dialect: params.dialect,
+            node: params.node,
+            config: params.config,
+            peer_window: params.peer_window,
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            data_tx,
+            control: Mutex::new(ControlQueue::default()),
+            control_ready: Notify::new(),
+            cancel: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            draining: AtomicBool::new(false),
+            stats: SessionStats::default(),
+            epoch: Instant::now(),
+            last_received: AtomicU64::new(0),
+        });
+        let driver = SessionDriver {
+            io: Box::new(io),
+            shared: shared.clone(),
+            data_rx,
+            incoming_tx,
+            leftover: params.leftover,
+        };
+        (Session { shared }, Incoming { rx }, driver)
+    }
+
+    /// The node at the edge end.
+    pub fn node(&self) -> &NodeIdentity {
+        &self.shared.node
+    }
+
+    /// The negotiated dialect.
+    pub fn dialect(&self) -> Dialect {
+        self.shared.dialect
+    }
+
+    /// Which end we are.
+    pub fn role(&self) -> Role {
+        self.shared.role
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &SessionStats {
+        &self.shared.stats
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        lock(&self.shared.streams).len()
+    }
+
+    /// True once the session has ended (or is ending).
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// True when no new streams should be opened on this session.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
+    /// Why the session ended, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.is_closed().then(|| self.shared.close_reason())
+    }
+
+    /// Resolves when the session has ended.
+    pub async fn closed(&self) {
+        self.shared.cancel.cancelled().await;
+    }
+
+    /// True if both handles are the same session.
+    pub fn same(&self, other: &Session) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Ends the session now; its streams fail with `reason`.
+    pub fn close(&self, reason: &str) {
+        self.shared.close(reason);
+    }
+
+    /// Stops new streams and, with tether/2, tells the peer (GO_AWAY). Open streams go on.
+    pub fn drain(&self, reason: &str) {
+        if self.shared.draining.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.shared.dialect == Dialect::Tether2 {
+            self.shared.push_control(Message::new(
+                ConnectId(0),
+                MessageType::GoAway,
+                Bytes::copy_from_slice(reason.as_bytes()),
+            ));
+        }
+    }
+
+    /// Opens a stream to the edge carrying `request` (cloud side).
+    ///
+    /// Allocates the connect id, writes it into the descriptor's `MessID` (KubeEdge requires
+    /// both to be equal) and sends the connect message.
+    pub async fn open(&self, kind: ConnectKind, mut request: ConnectRequest) -> Result<Stream> {
+        let shared = &self.shared;
+        if shared.is_closed() {
+            return Err(Error::SessionClosed(shared.close_reason()));
+        }
+        if self.is_draining() {
+            return Err(Error::SessionClosed("the session is draining".into()));
+        }
+        let id = ConnectId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+        request.mess_id = id.0;
+        let stream_shared = shared.register_stream(id, kind)?;
+        let stream = Stream::new(stream_shared, shared.clone());
+        let msg = Message::new(id, kind.message_type(), request.to_json());
+        shared
+            .data_tx
+            .send(msg)
+            .await
+            .map_err(|_| Error::SessionClosed(shared.close_reason()))?;
+        debug!(node = %shared.node.name, connect_id = %id, %kind, "stream opened");
+        Ok(stream)
+    }
+}
+
+impl SessionDriver {
+    /// Runs the session until the peer goes away, the session is closed, or the peer breaks
+    /// the protocol. Every stream has ended (or failed) when this returns.
+    pub async fn run(self) -> Result<()> {
+        let SessionDriver {
+            io,
+            shared,
+            mut data_rx,
+            incoming_tx,
+            leftover,
+        } = self;
+        let ws_role = match shared.role {
+            Role::Cloud => WsRole::Server,
+            Role::Edge => WsRole::Client,
+        };
+        let (read_half, mut write_half) = tokio::io::split(io);
+        // A whole tunnel message: the data bound plus the two varints.
+        let max_message = stream_proto::MAX_DATA_LEN + Message::MAX_HEADER_LEN;
+        let mut reader = FrameReader::new(read_half, ws_role, max_message, leftover);
+        shared
+            .last_received
+            .store(shared.now_micros(), Ordering::Relaxed);
+
+        let result = tokio::select! {
+            r = read_loop(&shared, &mut reader, &incoming_tx) => r,
+            r = write_loop(&shared, &mut write_half, &mut data_rx, ws_role) => r,
+            r = watchdog(&shared) => r,
+            () = shared.cancel.cancelled() => Ok(()),
+        };
+        let reason = match &result {
+            Ok(()) => "closed".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        shared.close(&reason);
+        shared.fail_all();
+        drop(incoming_tx);
+        // Best effort: end TLS properly so the peer sees a clean close rather than a reset.
+        let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
+        info!(node = %shared.node.name, dialect = %shared.dialect, reason = %shared.close_reason(), "session ended");
+        result
+    }
+}
+
+async fn watchdog(shared: &Shared) -> Result<()> {
+    let dead_after = shared.config.dead_after.as_micros() as u64;
+    let tick = (shared.config.dead_after / 4).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(tick).await;
+        let last = shared.last_received.load(Ordering::Relaxed);
+        if shared.now_micros().saturating_sub(last) > dead_after {
+            return Err(Error::Timeout("waiting for the peer: it sent nothing within the dead-peer deadline"));
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+    data_rx: &mut mpsc::Receiver<Message>,
+    role: WsRole,
+) -> Result<()> {
+    let data_kind = match shared.dialect {
+        Dialect::KubeEdge => DataKind::Text,
+        Dialect::Tether2 => DataKind::Binary,
+    };
+    let opcode = ws::data_opcode(data_kind);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let period = shared.config.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.control_ready.notified() => {}
+            _ = ping.tick() => {
+                let stamp = shared.now_micros().to_be_bytes();
+                ws::encode_frame(&mut out, role, ws::PING, &[&stamp]);
+            }
+            msg = data_rx.recv() => match msg {
+                Some(msg) => encode_message(&mut out, role, opcode, &msg),
+                None => return Ok(()),
+            },
+        }
+        {
+            let mut q = lock(&shared.control);
+            if let Some(pong) = q.pong.take() {
+                ws::encode_frame(&mut out, role, ws::PONG, &[&pong]);
+            }
+            while let Some(msg) = q.messages.pop_front() {
+                encode_message(&mut out, role, opcode, &msg);
+            }
+        }
+        while out.len() < WRITE_BATCH {
+            match data_rx.try_recv() {
+                Ok(msg) => encode_message(&mut out, role, opcode, &msg),
+                Err(_) => break,
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let write = async {
+            io.write_all(&out).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(shared.config.write_deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Io(e)),
+            Err(_) => return Err(Error::Timeout("writing to the tunnel: the peer does not read")),
+        }
+        out.clear();
+        if out.capacity() > 2 * WRITE_BATCH {
+            out = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+}
+
+fn encode_message(out: &mut BytesMut, role: WsRole, opcode: OpCode, msg: &Message) {
+    let mut header = [0u8; Message::MAX_HEADER_LEN];
+    let mut free = &mut header[..];
+    Message::encode_header(msg.connect_id, msg.kind, &mut free);
+    let used = Message::MAX_HEADER_LEN - free.len();
+    ws::encode_frame(out, role, opcode, &[&header[..used], &msg.data]);
+    trace!(connect_id = %msg.connect_id, kind = %msg.kind, len = msg.data.len(), "sent");
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    shared: &Arc<Shared>,
+    reader: &mut FrameReader<R>,
+    incoming: &mpsc::Sender<IncomingStream>,
+) -> Result<()> {
+    loop {
+        let Some(event) = reader.next().await? else {
+            return Err(Error::SessionClosed("the peer closed the connection".into()));
+        };
+        shared
+            .last_received
+            .store(shared.now_micros(), Ordering::Relaxed);
+        match event {
+            WsEvent::Message(_kind, payload) => {
+                // Both opcodes are accepted from every peer: stock peers use TEXT, tether/2
+                // BINARY, and being strict here would only break interop.
+                let msg = Message::decode(payload)?;
+                dispatch(shared, msg, incoming).await?;
+            }
+            WsEvent::Ping(payload) => shared.push_pong(payload),
+            WsEvent::Pong(payload) => {
+                if let Ok(stamp) = <[u8; 8]>::try_from(&payload[..]) {
+                    let sent = u64::from_be_bytes(stamp);
+                    let rtt = shared.now_micros().saturating_sub(sent).max(1);
+                    shared.stats.rtt_micros.store(rtt, Ordering::Relaxed);
+                }
+            }
+            WsEvent::Close => {
+                return Err(Error::SessionClosed("the peer sent a websocket close".into()));
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    msg: Message,
+    incoming: &mpsc::Sender<IncomingStream>,
+) -> Result<()> {
+    let id = msg.connect_id;
+    trace!(node = %shared.node.name, connect_id = %id, kind = %msg.kind, len = msg.data.len(), "received");
+    match msg.kind {
+        MessageType::Data => {
+            let len = msg.data.len();
+            if let Some(stream) = shared.stream(id) {
+                deliver(shared, &stream, msg.data).await;
+                shared
+                    .stats
+                    .bytes_received
+                    .fetch_add(len as u64, Ordering::Relaxed);
+            } else {
+                trace!(connect_id = %id, "data for an unknown stream dropped");
+            }
+        }
+        MessageType::RemoveConnect => {
+            if let Some(stream) = shared.stream(id) {
+                stream.on_remove();
+            }
+        }
+        MessageType::Fin if shared.dialect == Dialect::Tether2 => {
+            if let Some(stream) = shared.stream(id) {
+                stream.on_fin();
+            }
+        }
+        MessageType::Reset if shared.dialect == Dialect::Tether2 => {
+            let reset = Reset::decode(msg.data)?;
+            if let Some(stream) = shared.stream(id) {
+                debug!(connect_id = %id, code = %reset.code, reason = %reset.reason, "stream reset by peer");
+                stream.fail(&format!("{}: {}", reset.code, reset.reason));
+            }
+        }
+        MessageType::Window if shared.dialect == Dialect::Tether2 => {
+            let increment = stream_proto::decode_window(msg.data)?;
+            if let Some(stream) = shared.stream(id) {
+                stream.add_credit(increment);
+            }
+        }
+        MessageType::OpenResult if shared.dialect == Dialect::Tether2 => {
+            let result = OpenResult::from_json(&msg.data)?;
+            if let Some(stream) = shared.stream(id) {
+                stream.set_open_result(result);
+            }
+        }
+        MessageType::GoAway if shared.dialect == Dialect::Tether2 => {
+            info!(node = %shared.node.name, reason = %String::from_utf8_lossy(&msg.data), "peer is draining");
+            shared.draining.store(true, Ordering::Relaxed);
+        }
+        MessageType::CloseConnect if shared.role == Role::Edge => {
+            return Err(Error::SessionClosed(format!(
+                "the cloud closed the tunnel: {}",
+                String::from_utf8_lossy(&msg.data)
+            )));
+        }
+        kind if kind.is_connect() && shared.role == Role::Edge => {
+            accept_stream(shared, msg, incoming);
+        }
+        other => {
+            // KubeEdge peers ignore what they do not know; so do we.
+            debug!(node = %shared.node.name, connect_id = %id, kind = %other, "ignored message");
+        }
+    }
+    Ok(())
+}
+
+/// Hands received data to a stream, applying the dialect's flow-control rule.
+async fn deliver(shared: &Shared, stream: &Arc<StreamShared>, data: Bytes) {
+    let bound = shared.config.stream_window as usize;
+    let deadline = Instant::now() + shared.config.stall_limit;
+    loop {
+        // Register interest before trying, so a read between the try and the wait is not
+        // missed.
+        let space = stream.space.notified();
+        match stream.push(data.clone(), bound, shared.dialect) {
+            Push::Accepted | Push::Discarded => return,
+            Push::OverWindow => {
+                warn!(node = %shared.node.name, connect_id = %stream.id, "peer overran the stream window");
+                reset_stream(shared, stream, ResetCode::FlowControl, "window exceeded");
+                return;
+            }
+            Push::Full => {
+                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                    warn!(
+                        node = %shared.node.name,
+                        connect_id = %stream.id,
+                        stall_limit = ?shared.config.stall_limit,
+                        "stream reader stalled; closing that stream so the others go on"
+                    );
+                    reset_stream(shared, stream, ResetCode::Stalled, "reader stalled");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Fails a stream locally and tells the peer.
+fn reset_stream(shared: &Shared, stream: &StreamShared, code: ResetCode, reason: &str) {
+    stream.fail(reason);
+    match shared.dialect {
+        Dialect::Tether2 => {
+            let mut data = Vec::new();
+            Reset {
+                code,
+                reason: reason.to_owned(),
+            }
+            .encode(&mut data);
+            shared.push_control(Message::new(stream.id, MessageType::Reset, data));
+        }
+        Dialect::KubeEdge => {
+            if stream.mark_remove_sent() {
+                shared.push_control(Message::new(stream.id, MessageType::RemoveConnect, Bytes::new()));
+            }
+        }
+    }
+}
+
+/// Registers a stream the cloud opened and queues it for [`Incoming::accept`] (edge side).
+fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<IncomingStream>) {
+    let id = msg.connect_id;
+    let refuse = |reason: &str| {
+        warn!(node = %shared.node.name, connect_id = %id, reason, "refusing stream");
+        match shared.dialect {
+            Dialect::Tether2 => {
+                let mut data = Vec::new();
+                Reset {
+                    code: ResetCode::Refused,
+                    reason: reason.to_owned(),
+                }
+                .encode(&mut data);
+                shared.push_control(Message::new(id, MessageType::Reset, data));
+            }
+            Dialect::KubeEdge => {
+                shared.push_control(Message::new(id, MessageType::RemoveConnect, Bytes::new()));
+            }
+        }
+    };
+    let Some(kind) = ConnectKind::from_message_type(msg.kind) else {
+        return;
+    };
+    let request = match ConnectRequest::from_json(&msg.data) {
+        Ok(request) => request,
+        Err(e) => return refuse(&format!("bad connect descriptor: {e}")),
+    };
+    if request.mess_id != id.0 {
+        // Stock edges key the stream by the message's id; so do we.
+        warn!(connect_id = %id, mess_id = request.mess_id, "MessID differs from the connect id");
+    }
+    if shared.draining.load(Ordering::Relaxed) {
+        return refuse("the edge is draining");
+    }
+    let stream_shared = match shared.register_stream(id, kind) {
+        Ok(s) => s,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    let stream = Stream::new(stream_shared, shared.clone());
+    if let Err(err) = incoming.try_send(IncomingStream { request, stream }) {
+        // Dropping the stream inside the error resets it and removes it from the map.
+        drop(err);
+        warn!(connect_id = %id, "too many streams waiting to be accepted");
+    }
+}

@@ -1,0 +1,621 @@
+//! One multiplexed stream: plain async I/O for the layers above (design decision 2).
+//!
+//! A [`Stream`] implements `AsyncRead + AsyncWrite`. Bytes written become DATA messages on
+//! the session's writer queue; bytes received wait in a bounded per-stream buffer until read.
+//! With tether/2 a write never exceeds the credit the peer granted, so a slow reader stalls
+//! only its own stream. `shutdown` is a half-close (tether/2 FIN) or KubeEdge's
+//! REMOVE_CONNECT; dropping a stream that is not finished resets it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes};
+use stream_proto::{ConnectId, Message, MessageType, OpenResult, Reset, ResetCode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio_util::sync::PollSender;
+
+use crate::dialect::{Dialect, Role};
+use crate::error::{Error, Result};
+use crate::session::Shared;
+
+/// The kind of kubelet request a stream carries, as KubeEdge's connect message types name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectKind {
+    /// `LOGS_CONNECT`: a plain HTTP request whose body streams back (container logs).
+    Logs,
+    /// `EXEC_CONNECT`: a raw upgrade (exec; port-forward reuses it, spec 3.6).
+    Exec,
+    /// `METRIC_CONNECT`: a plain HTTP request (stats, metrics).
+    Metric,
+    /// `ATTACH_CONNECT`: a raw upgrade (attach).
+    Attach,
+}
+
+impl ConnectKind {
+    /// The connect message type for this kind.
+    pub fn message_type(self) -> MessageType {
+        match self {
+            ConnectKind::Logs => MessageType::LogsConnect,
+            ConnectKind::Exec => MessageType::ExecConnect,
+            ConnectKind::Metric => MessageType::MetricConnect,
+            ConnectKind::Attach => MessageType::AttachConnect,
+        }
+    }
+
+    /// The kind a connect message type announces, if it is one.
+    pub fn from_message_type(kind: MessageType) -> Option<ConnectKind> {
+        match kind {
+            MessageType::LogsConnect => Some(ConnectKind::Logs),
+            MessageType::ExecConnect => Some(ConnectKind::Exec),
+            MessageType::MetricConnect => Some(ConnectKind::Metric),
+            MessageType::AttachConnect => Some(ConnectKind::Attach),
+            _ => None,
+        }
+    }
+
+    /// True for the kinds that carry a raw upgraded connection.
+    pub fn is_upgrade(self) -> bool {
+        matches!(self, ConnectKind::Exec | ConnectKind::Attach)
+    }
+
+    /// Name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectKind::Logs => "logs",
+            ConnectKind::Exec => "exec",
+            ConnectKind::Metric => "metric",
+            ConnectKind::Attach => "attach",
+        }
+    }
+}
+
+impl fmt::Display for ConnectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one direction of a stream ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Orderly: FIN, or KubeEdge's REMOVE_CONNECT.
+    Clean,
+    /// Aborted, with the reason shown to whoever reads or writes next.
+    Failed(String),
+}
+
+/// What the session reader did with received data.
+pub(crate) enum Push {
+    /// Buffered.
+    Accepted,
+    /// The buffer is full; wait for [`StreamShared::space`] and retry (KubeEdge dialect).
+    Full,
+    /// The data breaks the credit window (tether/2): a protocol violation by the peer.
+    OverWindow,
+    /// The stream no longer takes data; it was dropped.
+    Discarded,
+}
+
+/// State shared between a [`Stream`] and the session reader.
+pub(crate) struct StreamShared {
+    pub(crate) id: ConnectId,
+    pub(crate) kind: ConnectKind,
+    state: Mutex<State>,
+    /// Notified whenever the reader side frees buffer space.
+    pub(crate) space: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    recv: VecDeque<Bytes>,
+    buffered: usize,
+    recv_end: Option<End>,
+    read_waker: Option<Waker>,
+    /// Bytes we may still send (tether/2); unlimited with KubeEdge.
+    credit: u64,
+    write_waker: Option<Waker>,
+    /// Set when the peer will not take more data (reset, REMOVE, session gone).
+    send_end: Option<End>,
+    /// Bytes consumed by the reader and not yet granted back to the peer.
+    ungranted: u64,
+    open_result: Option<OpenResult>,
+    open_waker: Option<Waker>,
+    fin_sent: bool,
+    remove_sent: bool,
+    remove_received: bool,
+    reset_sent: bool,
+    /// The local handle is gone; late data is dropped.
+    detached: bool,
+}
+
+impl StreamShared {
+    pub(crate) fn new(id: ConnectId, kind: ConnectKind, credit: u64) -> Arc<StreamShared> {
+        Arc::new(StreamShared {
+            id,
+            kind,
+            state: Mutex::new(State {
+                credit,
+                ..State::default()
+            }),
+            space: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than losing the stream, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Offers received data to the stream, respecting `bound` bytes of buffer.
+    pub(crate) fn push(&self, data: Bytes, bound: usize, dialect: Dialect) -> Push {
+        let mut st = self.lock();
+        if st.detached || st.recv_end.is_some() {
+            return Push::Discarded;
+        }
+        if data.is_empty() {
+            return Push::Accepted;
+        }
+        let fits = st.buffered + data.len() <= bound;
+        match dialect {
+            Dialect::Tether2 if !fits => return Push::OverWindow,
+            // A message larger than the whole bound is let into an empty buffer, or it
+            // could never be delivered.
+            Dialect::KubeEdge if !fits && st.buffered > 0 => return Push::Full,
+            _ => {}
+        }
+        st.buffered += data.len();
+        st.recv.push_back(data);
+        wake(&mut st.read_waker);
+        Push::Accepted
+    }
+
+    /// The peer ended its direction cleanly (FIN).
+    pub(crate) fn on_fin(&self) {
+        let mut st = self.lock();
+        if st.recv_end.is_none() {
+            st.recv_end = Some(End::Clean);
+        }
+        wake(&mut st.read_waker);
+        wake(&mut st.open_waker);
+    }
+
+    /// KubeEdge REMOVE_CONNECT from the peer: the whole stream is over. An edge echoes it
+    /// once when the local handle is dropped (see `Drop for Stream`).
+    pub(crate) fn on_remove(&self) {
+        let mut st = self.lock();
+        st.remove_received = true;
+        if st.recv_end.is_none() {
+            st.recv_end = Some(End::Clean);
+        }
+        if st.send_end.is_none() {
+            st.send_end = Some(End::Failed("the peer closed the stream".into()));
+        }
+        wake_all(&mut st);
+        drop(st);
+        self.space.notify_waiters();
+    }
+
+    /// The peer reset the stream, or the session failed.
+    pub(crate) fn fail(&self, reason: &str) {
+        let mut st = self.lock();
+        if st.recv_end.is_none() {
+            st.recv_end = Some(End::Failed(reason.to_owned()));
+        }
+        if st.send_end.is_none() {
+            st.send_end = Some(End::Failed(reason.to_owned()));
+        }
+        wake_all(&mut st);
+        drop(st);
+        self.space.notify_waiters();
+    }
+
+    /// tether/2 WINDOW from the peer.
+    pub(crate) fn add_credit(&self, increment: u64) {
+        let mut st = self.lock();
+        st.credit = st.credit.saturating_add(increment);
+        wake(&mut st.write_waker);
+    }
+
+    /// tether/2 OPEN_RESULT from the peer.
+    pub(crate) fn set_open_result(&self, result: OpenResult) {
+        let mut st = self.lock();
+        st.open_result = Some(result);
+        wake(&mut st.open_waker);
+    }
+
+    /// Bytes waiting to be read (for tests and metrics).
+    pub(crate) fn buffered(&self) -> usize {
+        self.lock().buffered
+    }
+
+    /// Marks that we have sent a REMOVE_CONNECT; returns false if one was sent already.
+    pub(crate) fn mark_remove_sent(&self) -> bool {
+        let mut st = self.lock();
+        !std::mem::replace(&mut st.remove_sent, true)
+    }
+}
+
+fn wake(waker: &mut Option<Waker>) {
+    if let Some(w) = waker.take() {
+        w.wake();
+    }
+}
+
+fn wake_all(st: &mut State) {
+    wake(&mut st.read_waker);
+    wake(&mut st.write_waker);
+    wake(&mut st.open_waker);
+}
+
+fn io_error(end: &End, id: ConnectId) -> io::Error {
+    match end {
+        End::Clean => io::Error::new(io::ErrorKind::BrokenPipe, format!("stream {id} is closed")),
+        End::Failed(reason) => io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            format!("stream {id} reset: {reason}"),
+        ),
+    }
+}
+
+/// One stream of a session: a bidirectional byte pipe to the other end of the tunnel.
+///
+/// Reading returns what the peer sent, then end-of-file after its FIN (or KubeEdge
+/// REMOVE_CONNECT), or an error if the stream was reset or the session died. Writing sends
+/// DATA; `shutdown` ends our direction. Drop without finishing resets the stream.
+pub struct Stream {
+    shared: Arc<StreamShared>,
+    session: Arc<Shared>,
+    tx: PollSender<Message>,
+    /// Our direction is finished (FIN or REMOVE queued).
+    shut: bool,
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream")
+            .field("id", &self.shared.id)
+            .field("kind", &self.shared.kind)
+            .field("node", &self.session.node.name)
+            .finish()
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(shared: Arc<StreamShared>, session: Arc<Shared>) -> Stream {
+        let tx = PollSender::new(session.data_tx.clone());
+        Stream {
+            shared,
+            session,
+            tx,
+            shut: false,
+        }
+    }
+
+    /// The connect id of this stream.
+    pub fn id(&self) -> ConnectId {
+        self.shared.id
+    }
+
+    /// The kind of request this stream carries.
+    pub fn kind(&self) -> ConnectKind {
+        self.shared.kind
+    }
+
+    /// The node at the edge end.
+    pub fn node(&self) -> &str {
+        &self.session.node.name
+    }
+
+    /// The dialect of the session this stream belongs to.
+    pub fn dialect(&self) -> Dialect {
+        self.session.dialect
+    }
+
+    /// Bytes received and not yet read.
+    pub fn buffered(&self) -> usize {
+        self.shared.buffered()
+    }
+
+    /// Waits for the edge's answer to this stream (cloud side).
+    ///
+    /// With tether/2 the edge reports whether it reached the kubelet and, for plain HTTP
+    /// requests, the kubelet's status and headers. Stock KubeEdge edges report nothing, so
+    /// this returns `Ok(None)` at once for the KubeEdge dialect.
+    pub async fn open_result(&mut self) -> Result<Option<OpenResult>> {
+        if self.session.dialect == Dialect::KubeEdge {
+            return Ok(None);
+        }
+        let shared = self.shared.clone();
+        let wait = std::future::poll_fn(move |cx| {
+            let mut st = shared.lock();
+            if let Some(result) = st.open_result.take() {
+                return Poll::Ready(Ok(Some(result)));
+            }
+            match &st.recv_end {
+                Some(End::Failed(reason)) => Poll::Ready(Err(Error::StreamReset {
+                    id: shared.id,
+                    reason: reason.clone(),
+                })),
+                Some(End::Clean) => Poll::Ready(Err(Error::StreamReset {
+                    id: shared.id,
+                    reason: "the edge closed the stream without an answer".into(),
+                })),
+                None => {
+                    st.open_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        });
+        match tokio::time::timeout(self.session.config.open_timeout, wait).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout("waiting for the edge to open the stream")),
+        }
+    }
+
+    /// Tells the cloud how the edge is serving this stream (edge side, tether/2).
+    ///
+    /// With the KubeEdge dialect there is no such message: a `Refused` result closes the
+    /// stream (REMOVE_CONNECT), anything else sends nothing.
+    pub async fn send_open_result(&mut self, result: OpenResult) -> Result<()> {
+        match self.session.dialect {
+            Dialect::Tether2 => {
+                let msg = Message::new(self.id(), MessageType::OpenResult, result.to_json());
+                self.send_message(msg).await
+            }
+            Dialect::KubeEdge => {
+                if let OpenResult::Refused { .. } = result {
+                    tokio::io::AsyncWriteExt::shutdown(self).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send_message(&mut self, msg: Message) -> Result<()> {
+        let tx = self.session.data_tx.clone();
+        tx.send(msg)
+            .await
+            .map_err(|_| Error::SessionClosed(self.session.close_reason()))
+    }
+
+    /// Aborts the stream in both directions, telling the peer why (tether/2 RESET; KubeEdge
+    /// REMOVE_CONNECT, which carries no reason).
+    pub fn reset(mut self, code: ResetCode, reason: &str) {
+        self.send_reset(code, reason);
+        self.shut = true;
+    }
+
+    fn send_reset(&mut self, code: ResetCode, reason: &str) {
+        let id = self.id();
+        let mut st = self.shared.lock();
+        match self.session.dialect {
+            Dialect::Tether2 => {
+                if st.reset_sent {
+                    return;
+                }
+                st.reset_sent = true;
+                drop(st);
+                let reset = Reset {
+                    code,
+                    reason: reason.to_owned(),
+                };
+                let mut data = Vec::new();
+                reset.encode(&mut data);
+                self.session
+                    .push_control(Message::new(id, MessageType::Reset, data));
+            }
+            Dialect::KubeEdge => {
+                if st.remove_sent || (st.remove_received && self.session.role == Role::Cloud) {
+                    return;
+                }
+                st.remove_sent = true;
+                drop(st);
+                self.session
+                    .push_control(Message::new(id, MessageType::RemoveConnect, Bytes::new()));
+            }
+        }
+    }
+
+    fn poll_send(&mut self, cx: &mut Context<'_>, msg: Message) -> Poll<io::Result<()>> {
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| self.session_gone())?;
+        Poll::Ready(self.tx.send_item(msg).map_err(|_| self.session_gone()))
+    }
+
+    fn session_gone(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("tunnel session closed: {}", self.session.close_reason()),
+        )
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut st = this.shared.lock();
+        if st.recv.is_empty() {
+            return match &st.recv_end {
+                Some(End::Clean) => Poll::Ready(Ok(())),
+                Some(end) => Poll::Ready(Err(io_error(end, this.shared.id))),
+                None => {
+                    st.read_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            };
+        }
+        let mut copied = 0;
+        while buf.remaining() > 0 {
+            let Some(front) = st.recv.front_mut() else {
+                break;
+            };
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                st.recv.pop_front();
+            }
+            copied += n;
+        }
+        st.buffered -= copied;
+        let grant = match this.session.dialect {
+            Dialect::Tether2 => {
+                st.ungranted += copied as u64;
+                // Grant credit back in batches of a quarter window: few WINDOW messages, and
+                // the sender never runs dry while the reader keeps up.
+                let threshold = u64::from(this.session.config.stream_window / 4).max(1);
+                (st.ungranted >= threshold && st.recv_end.is_none())
+                    .then(|| std::mem::take(&mut st.ungranted))
+            }
+            Dialect::KubeEdge => None,
+        };
+        drop(st);
+        if let Some(increment) = grant {
+            let mut data = Vec::with_capacity(10);
+            stream_proto::encode_window(increment, &mut data);
+            this.session
+                .push_control(Message::new(this.shared.id, MessageType::Window, data));
+        }
+        this.shared.space.notify_waiters();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.shut {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let tether = this.session.dialect == Dialect::Tether2;
+        {
+            let mut st = this.shared.lock();
+            if let Some(end) = &st.send_end {
+                return Poll::Ready(Err(io_error(end, this.shared.id)));
+            }
+            if tether && st.credit == 0 {
+                st.write_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        ready!(this.tx.poll_reserve(cx)).map_err(|_| this.session_gone())?;
+        let n = {
+            let mut st = this.shared.lock();
+            if let Some(end) = &st.send_end {
+                // Give the reserved slot back; nothing is sent.
+                this.tx.abort_send();
+                return Poll::Ready(Err(io_error(end, this.shared.id)));
+            }
+            let mut n = buf.len().min(this.session.config.max_data_chunk);
+            if tether {
+                // Credit only grows between the check above and here.
+                n = n.min(usize::try_from(st.credit).unwrap_or(usize::MAX));
+                st.credit -= n as u64;
+            }
+            n
+        };
+        let msg = Message::new(
+            this.shared.id,
+            MessageType::Data,
+            Bytes::copy_from_slice(&buf[..n]),
+        );
+        this.tx.send_item(msg).map_err(|_| this.session_gone())?;
+        this.session.stats.add_sent(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The session writer flushes after every batch; nothing waits here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.shut {
+            return Poll::Ready(Ok(()));
+        }
+        let id = this.shared.id;
+        let msg = match this.session.dialect {
+            Dialect::Tether2 => {
+                if this.shared.lock().send_end.is_some() {
+                    this.shut = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Message::new(id, MessageType::Fin, Bytes::new())
+            }
+            Dialect::KubeEdge => {
+                {
+                    let st = this.shared.lock();
+                    // Never a second REMOVE, and the cloud never answers the edge's REMOVE.
+                    if st.remove_sent || (st.remove_received && this.session.role == Role::Cloud)
+                    {
+                        drop(st);
+                        this.shut = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Message::new(id, MessageType::RemoveConnect, Bytes::new())
+            }
+        };
+        ready!(this.poll_send(cx, msg))?;
+        {
+            let mut st = this.shared.lock();
+            st.fin_sent = true;
+            if this.session.dialect == Dialect::KubeEdge {
+                st.remove_sent = true;
+            }
+        }
+        this.shut = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let (finished, remove_owed) = {
+            let mut st = self.shared.lock();
+            st.detached = true;
+            st.recv.clear();
+            st.buffered = 0;
+            let both_done = st.fin_sent && matches!(st.recv_end, Some(End::Clean));
+            let peer_gone = matches!(st.send_end, Some(End::Failed(_))) && !st.remove_received;
+            let remove_owed = st.remove_received
+                && !st.remove_sent
+                && self.session.role == Role::Edge
+                && self.session.dialect == Dialect::KubeEdge;
+            (both_done || peer_gone, remove_owed)
+        };
+        if remove_owed {
+            // Echo the cloud's REMOVE_CONNECT once, after local teardown (stock edgecore does).
+            self.shared.mark_remove_sent();
+            self.session.push_control(Message::new(
+                self.shared.id,
+                MessageType::RemoveConnect,
+                Bytes::new(),
+            ));
+        } else if !finished && !self.session.is_closed() {
+            self.send_reset(ResetCode::Cancel, "stream dropped");
+        }
+        self.session.remove_stream(self.shared.id);
+        self.shared.space.notify_waiters();
+    }
+}
