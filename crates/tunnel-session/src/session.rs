@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use stream_proto::{ConnectId, ConnectRequest, Message, MessageType, OpenResult, Reset, ResetCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
@@ -97,6 +97,13 @@ struct ControlQueue {
     messages: VecDeque<Message>,
 }
 
+/// A message for the writer, in stream order.
+pub(crate) struct Outbound {
+    pub(crate) msg: Message,
+    /// Holds a `budget` permit, returned once the writer has taken it.
+    pub(crate) budgeted: bool,
+}
+
 /// State shared by the session handle, its streams and its driver.
 pub(crate) struct Shared {
     pub(crate) role: Role,
@@ -106,7 +113,12 @@ pub(crate) struct Shared {
     peer_window: u32,
     streams: Mutex<HashMap<ConnectId, Arc<StreamShared>>>,
     next_id: AtomicU64,
-    pub(crate) data_tx: mpsc::Sender<Message>,
+    /// Stream messages in order. Unbounded as a channel, but DATA needs a permit from
+    /// `budget` (the bound on queued data), and every other message on it is at most a
+    /// connect, an open result and a close per stream, which `max_streams` bounds.
+    data_tx: mpsc::UnboundedSender<Outbound>,
+    /// Permits for DATA messages queued for the writer.
+    pub(crate) budget: Arc<Semaphore>,
     control: Mutex<ControlQueue>,
     control_ready: Notify,
     cancel: CancellationToken,
@@ -141,6 +153,12 @@ impl Shared {
     fn push_pong(&self, payload: Bytes) {
         lock(&self.control).pong = Some(payload);
         self.control_ready.notify_one();
+    }
+
+    /// Queues a stream message behind everything that stream sent before. Never blocks;
+    /// fails only when the session is gone.
+    pub(crate) fn send_ordered(&self, msg: Message, budgeted: bool) -> bool {
+        self.data_tx.send(Outbound { msg, budgeted }).is_ok()
     }
 
     pub(crate) fn remove_stream(&self, id: ConnectId) {
@@ -245,7 +263,7 @@ impl Incoming {
 pub struct SessionDriver {
     io: Box<dyn Io>,
     shared: Arc<Shared>,
-    data_rx: mpsc::Receiver<Message>,
+    data_rx: mpsc::UnboundedReceiver<Outbound>,
     incoming_tx: mpsc::Sender<IncomingStream>,
     leftover: Bytes,
 }
@@ -265,7 +283,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 impl Session {
     /// Builds a session over an upgraded websocket connection.
     pub fn establish<T: Io>(io: T, params: SessionParams) -> (Session, Incoming, SessionDriver) {
-        let (data_tx, data_rx) = mpsc::channel(params.config.write_queue);
+        let (data_tx, data_rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(params.config.write_queue));
         let (incoming_tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let shared = Arc::new(Shared {
             role: params.role,
@@ -276,6 +295,7 @@ impl Session {
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             data_tx,
+            budget,
             control: Mutex::new(ControlQueue::default()),
             control_ready: Notify::new(),
             cancel: CancellationToken::new(),
@@ -381,11 +401,9 @@ impl Session {
         let stream_shared = shared.register_stream(id, kind)?;
         let stream = Stream::new(stream_shared, shared.clone());
         let msg = Message::new(id, kind.message_type(), request.to_json());
-        shared
-            .data_tx
-            .send(msg)
-            .await
-            .map_err(|_| Error::SessionClosed(shared.close_reason()))?;
+        if !shared.send_ordered(msg, false) {
+            return Err(Error::SessionClosed(shared.close_reason()));
+        }
         debug!(node = %shared.node.name, connect_id = %id, %kind, "stream opened");
         Ok(stream)
     }
@@ -425,6 +443,7 @@ impl SessionDriver {
             Err(e) => e.to_string(),
         };
         shared.close(&reason);
+        shared.budget.close();
         shared.fail_all();
         drop(incoming_tx);
         // Best effort: end TLS properly so the peer sees a clean close rather than a reset.
@@ -449,7 +468,7 @@ async fn watchdog(shared: &Shared) -> Result<()> {
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut W,
-    data_rx: &mut mpsc::Receiver<Message>,
+    data_rx: &mut mpsc::UnboundedReceiver<Outbound>,
     role: WsRole,
 ) -> Result<()> {
     let data_kind = match shared.dialect {
@@ -469,8 +488,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let stamp = shared.now_micros().to_be_bytes();
                 ws::encode_frame(&mut out, role, ws::PING, &[&stamp]);
             }
-            msg = data_rx.recv() => match msg {
-                Some(msg) => encode_message(&mut out, role, opcode, &msg),
+            out_msg = data_rx.recv() => match out_msg {
+                Some(o) => take(shared, &mut out, role, opcode, o),
                 None => return Ok(()),
             },
         }
@@ -485,7 +504,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         while out.len() < WRITE_BATCH {
             match data_rx.try_recv() {
-                Ok(msg) => encode_message(&mut out, role, opcode, &msg),
+                Ok(o) => take(shared, &mut out, role, opcode, o),
                 Err(_) => break,
             }
         }
@@ -505,6 +524,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if out.capacity() > 2 * WRITE_BATCH {
             out = BytesMut::with_capacity(16 * 1024);
         }
+    }
+}
+
+fn take(shared: &Shared, out: &mut BytesMut, role: WsRole, opcode: OpCode, o: Outbound) {
+    encode_message(out, role, opcode, &o.msg);
+    if o.budgeted {
+        shared.budget.add_permits(1);
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes};
 use stream_proto::{ConnectId, Message, MessageType, OpenResult, Reset, ResetCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio_util::sync::PollSender;
+use tokio_util::sync::PollSemaphore;
 
 use crate::dialect::{Dialect, Role};
 use crate::error::{Error, Result};
@@ -271,7 +271,8 @@ fn io_error(end: &End, id: ConnectId) -> io::Error {
 pub struct Stream {
     shared: Arc<StreamShared>,
     session: Arc<Shared>,
-    tx: PollSender<Message>,
+    /// Permits to queue DATA (the session's write budget).
+    permits: PollSemaphore,
     /// Our direction is finished (FIN or REMOVE queued).
     shut: bool,
 }
@@ -288,11 +289,11 @@ impl fmt::Debug for Stream {
 
 impl Stream {
     pub(crate) fn new(shared: Arc<StreamShared>, session: Arc<Shared>) -> Stream {
-        let tx = PollSender::new(session.data_tx.clone());
+        let permits = PollSemaphore::new(session.budget.clone());
         Stream {
             shared,
             session,
-            tx,
+            permits,
             shut: false,
         }
     }
@@ -366,7 +367,11 @@ impl Stream {
         match self.session.dialect {
             Dialect::Tether2 => {
                 let msg = Message::new(self.id(), MessageType::OpenResult, result.to_json());
-                self.send_message(msg).await
+                if self.session.send_ordered(msg, false) {
+                    Ok(())
+                } else {
+                    Err(Error::SessionClosed(self.session.close_reason()))
+                }
             }
             Dialect::KubeEdge => {
                 if let OpenResult::Refused { .. } = result {
@@ -375,13 +380,6 @@ impl Stream {
                 Ok(())
             }
         }
-    }
-
-    async fn send_message(&mut self, msg: Message) -> Result<()> {
-        let tx = self.session.data_tx.clone();
-        tx.send(msg)
-            .await
-            .map_err(|_| Error::SessionClosed(self.session.close_reason()))
     }
 
     /// Aborts the stream in both directions, telling the peer why (tether/2 RESET; KubeEdge
@@ -407,8 +405,9 @@ impl Stream {
                 };
                 let mut data = Vec::new();
                 reset.encode(&mut data);
+                // In stream order: a reset after our FIN must not overtake our data.
                 self.session
-                    .push_control(Message::new(id, MessageType::Reset, data));
+                    .send_ordered(Message::new(id, MessageType::Reset, data), false);
             }
             Dialect::KubeEdge => {
                 if st.remove_sent || (st.remove_received && self.session.role == Role::Cloud) {
@@ -417,14 +416,9 @@ impl Stream {
                 st.remove_sent = true;
                 drop(st);
                 self.session
-                    .push_control(Message::new(id, MessageType::RemoveConnect, Bytes::new()));
+                    .send_ordered(Message::new(id, MessageType::RemoveConnect, Bytes::new()), false);
             }
         }
-    }
-
-    fn poll_send(&mut self, cx: &mut Context<'_>, msg: Message) -> Poll<io::Result<()>> {
-        ready!(self.tx.poll_reserve(cx)).map_err(|_| self.session_gone())?;
-        Poll::Ready(self.tx.send_item(msg).map_err(|_| self.session_gone()))
     }
 
     fn session_gone(&self) -> io::Error {
@@ -517,12 +511,13 @@ impl AsyncWrite for Stream {
                 return Poll::Pending;
             }
         }
-        ready!(this.tx.poll_reserve(cx)).map_err(|_| this.session_gone())?;
+        let Some(permit) = ready!(this.permits.poll_acquire(cx)) else {
+            return Poll::Ready(Err(this.session_gone()));
+        };
         let n = {
             let mut st = this.shared.lock();
             if let Some(end) = &st.send_end {
-                // Give the reserved slot back; nothing is sent.
-                this.tx.abort_send();
+                // The permit goes back when dropped; nothing is sent.
                 return Poll::Ready(Err(io_error(end, this.shared.id)));
             }
             let mut n = buf.len().min(this.session.config.max_data_chunk);
@@ -538,7 +533,11 @@ impl AsyncWrite for Stream {
             MessageType::Data,
             Bytes::copy_from_slice(&buf[..n]),
         );
-        this.tx.send_item(msg).map_err(|_| this.session_gone())?;
+        // The writer returns the permit when it takes the message.
+        permit.forget();
+        if !this.session.send_ordered(msg, true) {
+            return Poll::Ready(Err(this.session_gone()));
+        }
         this.session.stats.add_sent(n);
         Poll::Ready(Ok(n))
     }
@@ -548,7 +547,7 @@ impl AsyncWrite for Stream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.shut {
             return Poll::Ready(Ok(()));
@@ -576,7 +575,9 @@ impl AsyncWrite for Stream {
                 Message::new(id, MessageType::RemoveConnect, Bytes::new())
             }
         };
-        ready!(this.poll_send(cx, msg))?;
+        if !this.session.send_ordered(msg, false) {
+            return Poll::Ready(Err(this.session_gone()));
+        }
         {
             let mut st = this.shared.lock();
             st.fin_sent = true;
@@ -607,11 +608,10 @@ impl Drop for Stream {
         if remove_owed {
             // Echo the cloud's REMOVE_CONNECT once, after local teardown (stock edgecore does).
             self.shared.mark_remove_sent();
-            self.session.push_control(Message::new(
-                self.shared.id,
-                MessageType::RemoveConnect,
-                Bytes::new(),
-            ));
+            self.session.send_ordered(
+                Message::new(self.shared.id, MessageType::RemoveConnect, Bytes::new()),
+                false,
+            );
         } else if !finished && !self.session.is_closed() {
             self.send_reset(ResetCode::Cancel, "stream dropped");
         }

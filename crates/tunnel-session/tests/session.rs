@@ -1,0 +1,250 @@
+//! Session mechanics over an in-memory pipe: both ends are real sessions (cloud and edge
+//! roles, same dialect), so everything but TLS and the HTTP upgrade is exercised here.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use stream_proto::{ConnectRequest, GoUrl, OpenResult};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_session::{
+    ConnectKind, Dialect, Incoming, NodeIdentity, Role, Session, SessionConfig, SessionParams,
+};
+
+fn request(path: &str) -> ConnectRequest {
+    ConnectRequest {
+        mess_id: 0,
+        url: GoUrl::from_request_target("http", "127.0.0.1:10350", path).unwrap(),
+        header: None,
+        method: Some("GET".into()),
+    }
+}
+
+struct Pair {
+    cloud: Session,
+    edge: Session,
+    incoming: Incoming,
+    _tasks: tokio::task::JoinSet<()>,
+}
+
+fn pair(dialect: Dialect, config: SessionConfig) -> Pair {
+    // A pipe large enough not to be the bottleneck, small enough to apply backpressure.
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    let node = NodeIdentity {
+        name: "edge-1".into(),
+        ip: None,
+    };
+    let params = |role| SessionParams {
+        role,
+        dialect,
+        node: node.clone(),
+        config: config.clone(),
+        peer_window: config.stream_window,
+        leftover: Bytes::new(),
+    };
+    let (cloud, _, cloud_driver) = Session::establish(a, params(Role::Cloud));
+    let (edge, incoming, edge_driver) = Session::establish(b, params(Role::Edge));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        let _ = cloud_driver.run().await;
+    });
+    tasks.spawn(async move {
+        let _ = edge_driver.run().await;
+    });
+    Pair {
+        cloud,
+        edge,
+        incoming,
+        _tasks: tasks,
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[tokio::test]
+async fn tether2_bytes_both_ways_with_half_close_and_open_result() {
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut cloud_stream = p.cloud.open(ConnectKind::Exec, request("/exec/ns/p/c")).await.unwrap();
+    let mut incoming = p.incoming.accept().await.unwrap();
+    assert_eq!(incoming.request.mess_id, cloud_stream.id().0);
+    assert_eq!(incoming.request.url.path, "/exec/ns/p/c");
+    incoming.stream.send_open_result(OpenResult::Raw).await.unwrap();
+    assert_eq!(cloud_stream.open_result().await.unwrap(), Some(OpenResult::Raw));
+
+    let up = pattern(3 * 1024 * 1024 + 17, 1);
+    let down = pattern(2 * 1024 * 1024 + 5, 2);
+    let edge_stream = incoming.stream;
+    let (up2, down2) = (up.clone(), down.clone());
+    let edge = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let (mut r, mut w) = tokio::io::split(edge_stream);
+        let reader = async { r.read_to_end(&mut got).await.unwrap() };
+        let writer = async {
+            w.write_all(&down2).await.unwrap();
+            w.shutdown().await.unwrap();
+        };
+        tokio::join!(reader, writer);
+        assert_eq!(got, up2);
+    });
+    let (mut r, mut w) = tokio::io::split(cloud_stream);
+    let mut got = Vec::new();
+    tokio::join!(
+        async { r.read_to_end(&mut got).await.unwrap() },
+        async {
+            w.write_all(&up).await.unwrap();
+            w.shutdown().await.unwrap();
+        }
+    );
+    assert_eq!(got, down);
+    edge.await.unwrap();
+    assert!(p.edge.stats().bytes_received() >= up.len() as u64);
+}
+
+#[tokio::test]
+async fn tether2_paused_reader_stalls_only_its_own_stream() {
+    let config = SessionConfig {
+        stream_window: 64 * 1024,
+        ..SessionConfig::default()
+    };
+    let mut p = pair(Dialect::Tether2, config);
+    let mut slow = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let mut fast = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/d")).await.unwrap();
+    let slow_edge = p.incoming.accept().await.unwrap().stream;
+    let fast_edge = p.incoming.accept().await.unwrap().stream;
+    let data = pattern(8 * 1024 * 1024, 7);
+
+    let d = data.clone();
+    let slow_writer = tokio::spawn(async move {
+        let mut s = slow_edge;
+        s.write_all(&d).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let d = data.clone();
+    let fast_writer = tokio::spawn(async move {
+        let mut s = fast_edge;
+        s.write_all(&d).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    // Read one byte of the slow stream, then stop reading it entirely.
+    let mut first = [0u8; 1];
+    slow.read_exact(&mut first).await.unwrap();
+    // The fast stream completes while the slow one is not read at all.
+    let mut got = Vec::new();
+    fast.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, data);
+    fast_writer.await.unwrap();
+    // The slow stream holds no more than its window.
+    assert!(slow.buffered() <= 64 * 1024, "buffered {}", slow.buffered());
+    assert!(!slow_writer.is_finished());
+    // It resumes and completes byte-exact.
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(first[0], data[0]);
+    assert_eq!(rest, data[1..]);
+    slow_writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn kubeedge_stall_limit_closes_only_the_stuck_stream() {
+    let config = SessionConfig {
+        stream_window: 64 * 1024,
+        stall_limit: Duration::from_millis(300),
+        ..SessionConfig::default()
+    };
+    let mut p = pair(Dialect::KubeEdge, config);
+    let mut stuck = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let mut other = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/d")).await.unwrap();
+    let stuck_edge = p.incoming.accept().await.unwrap().stream;
+    let other_edge = p.incoming.accept().await.unwrap().stream;
+    let data = pattern(4 * 1024 * 1024, 3);
+    let d = data.clone();
+    // The stuck stream's writer learns that its stream was closed once the stall limit
+    // hit: writing goes on failing well before 64 MiB.
+    let stuck_writer = tokio::spawn(async move {
+        let mut s = stuck_edge;
+        for _ in 0..16 {
+            s.write_all(&d).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let d = data.clone();
+    let other_writer = tokio::spawn(async move {
+        let mut s = other_edge;
+        s.write_all(&d).await.unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    other.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, data);
+    other_writer.await.unwrap();
+    assert!(stuck_writer.await.unwrap().is_err(), "the stuck stream must be closed");
+    // Its reader learns it was cut, rather than seeing a clean end.
+    let mut sink = Vec::new();
+    assert!(stuck.read_to_end(&mut sink).await.is_err());
+}
+
+#[tokio::test]
+async fn kubeedge_remove_ends_the_stream_and_the_edge_echoes_it() {
+    let mut p = pair(Dialect::KubeEdge, SessionConfig::default());
+    let mut cloud_stream = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    edge_stream.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    cloud_stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    // The cloud ends the stream (a client went away): REMOVE_CONNECT.
+    cloud_stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    edge_stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    assert!(edge_stream.write_all(b"late").await.is_err());
+    drop(edge_stream); // echoes REMOVE_CONNECT, which ends the cloud's read side
+    let mut rest = Vec::new();
+    cloud_stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(p.edge.open_streams(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_declared_dead() {
+    let config = SessionConfig {
+        ping_interval: Duration::from_millis(50),
+        dead_after: Duration::from_millis(300),
+        ..SessionConfig::default()
+    };
+    // The other end of the pipe is held open but never answers.
+    let (a, _silent) = tokio::io::duplex(1024 * 1024);
+    let params = SessionParams {
+        role: Role::Cloud,
+        dialect: Dialect::KubeEdge,
+        node: NodeIdentity {
+            name: "edge-1".into(),
+            ip: None,
+        },
+        config,
+        peer_window: 0,
+        leftover: Bytes::new(),
+    };
+    let (session, _, driver) = Session::establish(a, params);
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), driver.run()).await.unwrap();
+    assert!(matches!(result, Err(tunnel_session::Error::Timeout(_))), "{result:?}");
+    assert!(session.is_closed());
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Opening on a dead session fails at once.
+    assert!(session.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.is_err());
+}
+
+#[tokio::test]
+async fn streams_fail_at_once_when_the_session_dies() {
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut cloud_stream = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let _edge_stream = p.incoming.accept().await.unwrap().stream;
+    p.edge.close("test");
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), cloud_stream.read_to_end(&mut sink))
+        .await
+        .unwrap();
+    assert!(r.is_err());
+}
