@@ -25,6 +25,7 @@ use tunnel_session::{Dialect, NodeKey, SessionDirectory, Stream};
 
 use crate::body::{READ_CHUNK, TunnelBody};
 use crate::node::node_of;
+use crate::pods::PodResolver;
 use crate::route::{NoRoute, Operation, classify};
 
 /// The response body type of the stream server.
@@ -52,6 +53,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// What a relay needs from the server.
 pub(crate) struct Relay {
     pub(crate) directory: Arc<dyn SessionDirectory>,
+    pub(crate) pods: Option<Arc<dyn PodResolver>>,
     pub(crate) response_timeout: Duration,
     pub(crate) tracker: tokio_util::task::TaskTracker,
 }
@@ -59,24 +61,48 @@ pub(crate) struct Relay {
 impl Relay {
     /// Serves one kubelet request.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
-        let (op, _pod) = match classify(req.method(), req.uri().path()) {
+        let (op, pod) = match classify(req.method(), req.uri().path()) {
             Ok(found) => found,
             Err(NoRoute::NotFound) => return text(StatusCode::NOT_FOUND, "404 page not found"),
             Err(NoRoute::MethodNotAllowed) => {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
             }
         };
-        let Some(node) = node_of(&req) else {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "the request names no node (no Host header or node proxy path)",
-            );
-        };
-        let Some(session) = self.directory.find(NodeKey::parse(&node)) else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no tunnel session for node {node}: the node is not connected to this cloudstream"),
-            );
+        let node = node_of(&req);
+        let mut session = node
+            .as_deref()
+            .and_then(|n| self.directory.find(NodeKey::parse(n)));
+        let mut named = node.clone();
+        if session.is_none() {
+            if let (Some(resolver), Some(pod)) = (&self.pods, &pod) {
+                match resolver.node_of_pod(&pod.namespace, &pod.name).await {
+                    Ok(Some(pod_node)) => {
+                        session = self.directory.find(NodeKey::Name(&pod_node));
+                        named = Some(pod_node);
+                    }
+                    Ok(None) => {
+                        return text(
+                            StatusCode::NOT_FOUND,
+                            &format!("pod {}/{} not found or not scheduled", pod.namespace, pod.name),
+                        );
+                    }
+                    Err(e) => {
+                        return text(StatusCode::BAD_GATEWAY, &format!("looking up the pod's node: {e}"));
+                    }
+                }
+            }
+        }
+        let Some(session) = session else {
+            return match named {
+                Some(node) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("no tunnel session for node {node}: the node is not connected to this cloudstream"),
+                ),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "the request names no node (no Host header or node proxy path)",
+                ),
+            };
         };
         let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
         async move {

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use tunnel_session::SessionDirectory;
 
 use crate::error::Result;
+use crate::pods::PodResolver;
 use crate::relay::Relay;
 
 /// Default time allowed for a client's TLS handshake and request head.
@@ -60,6 +61,7 @@ impl Default for StreamServerConfig {
 pub struct StreamServer {
     acceptor: TlsAcceptor,
     directory: Arc<dyn SessionDirectory>,
+    pods: Option<Arc<dyn PodResolver>>,
     config: StreamServerConfig,
 }
 
@@ -80,8 +82,15 @@ impl StreamServer {
         StreamServer {
             acceptor: TlsAcceptor::from(tls),
             directory,
+            pods: None,
             config,
         }
+    }
+
+    /// Falls back to looking up the pod's node when the host names no connected node.
+    pub fn with_pod_resolver(mut self, pods: Arc<dyn PodResolver>) -> StreamServer {
+        self.pods = Some(pods);
+        self
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight
@@ -93,6 +102,7 @@ impl StreamServer {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let relay = Arc::new(Relay {
             directory: self.directory.clone(),
+            pods: self.pods.clone(),
             response_timeout: self.config.response_timeout,
             tracker: streams.clone(),
         });
