@@ -96,24 +96,35 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| Error::Handshake(format!("HTTP with {}: {e}", config.server)))?;
+    // The connection future ends (Ok) as soon as it has handed the upgraded socket over,
+    // which can happen before the response future is polled: keep waiting for the response.
     let mut conn = std::pin::pin!(conn.with_upgrades());
-    let mut response = tokio::select! {
-        r = sender.send_request(request) => r.map_err(|e| Error::Handshake(format!(
-            "upgrade request to {}: {e} (a TLS 1.3 server reports a refused client certificate here)",
-            config.server
-        )))?,
-        r = &mut conn => {
-            return Err(Error::Handshake(format!("connection to {} ended before the upgrade: {r:?}", config.server)));
+    let mut conn_done = false;
+    let send = sender.send_request(request);
+    let mut send = std::pin::pin!(send);
+    let mut response = loop {
+        tokio::select! {
+            r = &mut send => break r.map_err(|e| Error::Handshake(format!(
+                "upgrade request to {}: {e} (a TLS 1.3 server reports a refused client certificate here)",
+                config.server
+            )))?,
+            r = &mut conn, if !conn_done => {
+                r.map_err(|e| Error::Handshake(format!("connection to {}: {e}", config.server)))?;
+                conn_done = true;
+            }
         }
     };
     let status = response.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        let body = tokio::select! {
-            b = Limited::new(response.into_body(), MAX_REFUSAL_BODY).collect() => b
-                .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_owned())
-                .unwrap_or_default(),
-            _ = &mut conn => String::new(),
+        let collect = Limited::new(response.into_body(), MAX_REFUSAL_BODY).collect();
+        let body = if conn_done {
+            collect.await.ok()
+        } else {
+            tokio::join!(collect, &mut conn).0.ok()
         };
+        let body = body
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_owned())
+            .unwrap_or_default();
         return Err(Error::Handshake(format!(
             "the cloud refused the tunnel: {status}: {body}"
         )));
@@ -143,18 +154,21 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
     } else {
         (Dialect::KubeEdge, 0)
     };
-    let (upgraded, ()) = tokio::try_join!(
-        async {
-            hyper::upgrade::on(&mut response)
-                .await
-                .map_err(|e| Error::Handshake(format!("upgrade: {e}")))
-        },
-        async {
+    let upgrade = async {
+        hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| Error::Handshake(format!("upgrade: {e}")))
+    };
+    let upgraded = if conn_done {
+        upgrade.await?
+    } else {
+        let driven = async {
             (&mut conn)
                 .await
                 .map_err(|e| Error::Handshake(format!("upgrade: {e}")))
-        }
-    )?;
+        };
+        tokio::try_join!(upgrade, driven)?.0
+    };
     let (io, leftover): (Box<dyn crate::session::Io>, Bytes) =
         match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
             Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
