@@ -16,9 +16,9 @@ use stream_server::{StreamServer, StreamServerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use tunnel_session::Registry;
 use tunnel_session::server::{TunnelServer, TunnelServerConfig};
 use tunnel_session::tls::{self, TlsFiles};
-use tunnel_session::Registry;
 
 /// The cloud end of the tether tunnel (KubeEdge CloudStream compatible).
 #[derive(Debug, Parser)]

@@ -9,7 +9,12 @@ fn run(config: &Path) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cloudstream"))
         .args(["--config"])
         .arg(config)
-        .args(["--tunnel-addr", "127.0.0.1:0", "--stream-addr", "127.0.0.1:0"])
+        .args([
+            "--tunnel-addr",
+            "127.0.0.1:0",
+            "--stream-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     (
@@ -35,7 +40,10 @@ fn wrong_type_names_key_and_file() {
     let (ok, stdout, stderr) = run(&path);
     assert!(!ok);
     assert!(!stdout.contains("listening"), "{stdout}");
-    assert!(stderr.contains("modules.cloudStream.tunnelPort"), "{stderr}");
+    assert!(
+        stderr.contains("modules.cloudStream.tunnelPort"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
 }
 

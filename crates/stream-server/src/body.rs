@@ -38,7 +38,9 @@ impl TunnelBody {
 
     fn take_limited(&mut self, mut data: Bytes) -> Bytes {
         if let Some(remaining) = &mut self.remaining {
-            let n = data.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            let n = data
+                .len()
+                .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
             data.truncate(n);
             *remaining -= n as u64;
         }

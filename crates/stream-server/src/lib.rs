@@ -26,6 +26,6 @@ pub mod route;
 pub mod server;
 
 pub use error::{Error, Result};
-pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use pods::PodResolver;
+pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use server::{StreamServer, StreamServerConfig};

@@ -77,19 +77,34 @@ mod tests {
 
     #[test]
     fn host_forms() {
-        assert_eq!(node_of(&req("edge-1:10351", None)).as_deref(), Some("edge-1"));
+        assert_eq!(
+            node_of(&req("edge-1:10351", None)).as_deref(),
+            Some("edge-1")
+        );
         assert_eq!(node_of(&req("edge-1", None)).as_deref(), Some("edge-1"));
-        assert_eq!(node_of(&req("10.0.0.7:10250", None)).as_deref(), Some("10.0.0.7"));
-        assert_eq!(node_of(&req("[fd00::7]:10250", None)).as_deref(), Some("fd00::7"));
+        assert_eq!(
+            node_of(&req("10.0.0.7:10250", None)).as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!(
+            node_of(&req("[fd00::7]:10250", None)).as_deref(),
+            Some("fd00::7")
+        );
         assert_eq!(node_of(&req("[fd00::7]", None)).as_deref(), Some("fd00::7"));
         assert_eq!(node_of(&req("fd00::7", None)).as_deref(), Some("fd00::7"));
     }
 
     #[test]
     fn node_proxy_path_wins() {
-        let r = req("10.0.0.7:10250", Some("/api/v1/nodes/edge-2/proxy/metrics/cadvisor"));
+        let r = req(
+            "10.0.0.7:10250",
+            Some("/api/v1/nodes/edge-2/proxy/metrics/cadvisor"),
+        );
         assert_eq!(node_of(&r).as_deref(), Some("edge-2"));
-        let r = req("x", Some("/api/v1/nodes/edge-2:10250/proxy/stats/summary?only_cpu_and_memory=true"));
+        let r = req(
+            "x",
+            Some("/api/v1/nodes/edge-2:10250/proxy/stats/summary?only_cpu_and_memory=true"),
+        );
         assert_eq!(node_of(&r).as_deref(), Some("edge-2"));
         let r = req("edge-9", Some("/api/v1/namespaces/x/pods/y/proxy/metrics"));
         assert_eq!(node_of(&r).as_deref(), Some("edge-9"));

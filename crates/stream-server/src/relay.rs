@@ -73,22 +73,28 @@ impl Relay {
             .as_deref()
             .and_then(|n| self.directory.find(NodeKey::parse(n)));
         let mut named = node.clone();
-        if session.is_none() {
-            if let (Some(resolver), Some(pod)) = (&self.pods, &pod) {
-                match resolver.node_of_pod(&pod.namespace, &pod.name).await {
-                    Ok(Some(pod_node)) => {
-                        session = self.directory.find(NodeKey::Name(&pod_node));
-                        named = Some(pod_node);
-                    }
-                    Ok(None) => {
-                        return text(
-                            StatusCode::NOT_FOUND,
-                            &format!("pod {}/{} not found or not scheduled", pod.namespace, pod.name),
-                        );
-                    }
-                    Err(e) => {
-                        return text(StatusCode::BAD_GATEWAY, &format!("looking up the pod's node: {e}"));
-                    }
+        if session.is_none()
+            && let (Some(resolver), Some(pod)) = (&self.pods, &pod)
+        {
+            match resolver.node_of_pod(&pod.namespace, &pod.name).await {
+                Ok(Some(pod_node)) => {
+                    session = self.directory.find(NodeKey::Name(&pod_node));
+                    named = Some(pod_node);
+                }
+                Ok(None) => {
+                    return text(
+                        StatusCode::NOT_FOUND,
+                        &format!(
+                            "pod {}/{} not found or not scheduled",
+                            pod.namespace, pod.name
+                        ),
+                    );
+                }
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("looking up the pod's node: {e}"),
+                    );
                 }
             }
         }
@@ -96,7 +102,9 @@ impl Relay {
             return match named {
                 Some(node) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("no tunnel session for node {node}: the node is not connected to this cloudstream"),
+                    &format!(
+                        "no tunnel session for node {node}: the node is not connected to this cloudstream"
+                    ),
                 ),
                 None => text(
                     StatusCode::BAD_REQUEST,
@@ -152,15 +160,16 @@ impl Relay {
                 }
                 match stream.open_result().await {
                     Ok(Some(OpenResult::Response { status, headers })) => {
-                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let status =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                         let mut response = Response::new(
                             TunnelBody::new(Bytes::new(), stream, None).boxed_unsync(),
                         );
                         *response.status_mut() = status;
                         copy_headers(
-                            headers
-                                .iter()
-                                .flat_map(|(k, vs)| vs.iter().map(move |v| (k.as_str(), v.as_bytes()))),
+                            headers.iter().flat_map(|(k, vs)| {
+                                vs.iter().map(move |v| (k.as_str(), v.as_bytes()))
+                            }),
                             response.headers_mut(),
                         );
                         response
@@ -189,11 +198,17 @@ impl Relay {
     }
 
     /// Exec, attach and port-forward: relay the kubelet's own answer, then bridge.
-    async fn upgrade(&self, mut req: Request<Incoming>, mut stream: Stream) -> Response<ResponseBody> {
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        mut stream: Stream,
+    ) -> Response<ResponseBody> {
         if stream.dialect() == Dialect::Tether2 {
             match stream.open_result().await {
                 Ok(Some(OpenResult::Raw)) => {}
-                Ok(Some(OpenResult::Refused { status, reason })) => return refused(status, &reason),
+                Ok(Some(OpenResult::Refused { status, reason })) => {
+                    return refused(status, &reason);
+                }
                 Ok(Some(OpenResult::Response { .. })) | Ok(None) => {
                     return bad_gateway("the edge did not open a raw connection");
                 }
@@ -221,7 +236,11 @@ impl Relay {
             // Connection and Upgrade are hop-by-hop, but a 101 must carry them: the
             // kubelet's values pass through.
             for name in [header::CONNECTION, header::UPGRADE] {
-                for value in head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name.as_str())) {
+                for value in head
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name.as_str()))
+                {
                     if let Ok(v) = HeaderValue::from_bytes(&value.1) {
                         response_headers.append(name.clone(), v);
                     }
@@ -265,7 +284,11 @@ impl Relay {
                 }
                 .in_current_span(),
             );
-            let mut response = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+            let mut response = Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            );
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             *response.headers_mut() = response_headers;
             return response;
@@ -274,7 +297,9 @@ impl Relay {
         // ordinary response, body included.
         let chunked = head.headers.iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("transfer-encoding")
-                && String::from_utf8_lossy(v).to_ascii_lowercase().contains("chunked")
+                && String::from_utf8_lossy(v)
+                    .to_ascii_lowercase()
+                    .contains("chunked")
         });
         let body = if chunked {
             match read_chunked(head.rest, &mut stream).await {
@@ -304,13 +329,16 @@ fn connect_request<B>(req: &Request<B>, op: Operation, dialect: Dialect) -> Conn
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
-    let url = GoUrl::from_request_target("http", KUBEEDGE_KUBELET_HOST, &target).unwrap_or_else(|_| GoUrl {
-        scheme: "http".into(),
-        host: KUBEEDGE_KUBELET_HOST.into(),
-        path: req.uri().path().to_owned(),
-        raw_query: req.uri().query().unwrap_or_default().to_owned(),
-        ..GoUrl::default()
-    });
+    let url =
+        GoUrl::from_request_target("http", KUBEEDGE_KUBELET_HOST, &target).unwrap_or_else(|_| {
+            GoUrl {
+                scheme: "http".into(),
+                host: KUBEEDGE_KUBELET_HOST.into(),
+                path: req.uri().path().to_owned(),
+                raw_query: req.uri().query().unwrap_or_default().to_owned(),
+                ..GoUrl::default()
+            }
+        });
     let mut header = stream_proto::HeaderMap::new();
     for (name, value) in req.headers() {
         if *name == header::HOST {
@@ -364,7 +392,9 @@ async fn read_head(stream: &mut Stream) -> Result<Head, String> {
             Err(e) => return Err(format!("the kubelet's response head is not HTTP: {e}")),
         }
         if buf.len() >= MAX_RESPONSE_HEAD {
-            return Err(format!("the kubelet's response head exceeds {MAX_RESPONSE_HEAD} bytes"));
+            return Err(format!(
+                "the kubelet's response head exceeds {MAX_RESPONSE_HEAD} bytes"
+            ));
         }
         buf.reserve(4096);
         match stream.read_buf(&mut buf).await {

@@ -36,7 +36,10 @@ impl Operation {
 
     /// True for the operations that switch protocols (SPDY or WebSocket).
     pub fn is_upgrade(self) -> bool {
-        matches!(self, Operation::Exec | Operation::Attach | Operation::PortForward)
+        matches!(
+            self,
+            Operation::Exec | Operation::Attach | Operation::PortForward
+        )
     }
 
     /// Name used in logs and metrics.
@@ -115,24 +118,64 @@ mod tests {
     #[test]
     fn kubelet_routes() {
         let ok = |m: Method, p: &str| classify(&m, p).map(|(op, _)| op);
-        assert_eq!(ok(Method::GET, "/containerLogs/ns/p/c"), Ok(Operation::Logs));
-        assert_eq!(ok(Method::POST, "/containerLogs/ns/p/c"), Err(NoRoute::MethodNotAllowed));
+        assert_eq!(
+            ok(Method::GET, "/containerLogs/ns/p/c"),
+            Ok(Operation::Logs)
+        );
+        assert_eq!(
+            ok(Method::POST, "/containerLogs/ns/p/c"),
+            Err(NoRoute::MethodNotAllowed)
+        );
         assert_eq!(ok(Method::POST, "/exec/ns/p/c"), Ok(Operation::Exec));
         assert_eq!(ok(Method::GET, "/exec/ns/p/uid/c"), Ok(Operation::Exec));
-        assert_eq!(ok(Method::PUT, "/exec/ns/p/c"), Err(NoRoute::MethodNotAllowed));
-        assert_eq!(ok(Method::POST, "/attach/ns/p/uid/c"), Ok(Operation::Attach));
-        assert_eq!(ok(Method::POST, "/portForward/ns/p"), Ok(Operation::PortForward));
-        assert_eq!(ok(Method::GET, "/portForward/ns/p/uid"), Ok(Operation::PortForward));
+        assert_eq!(
+            ok(Method::PUT, "/exec/ns/p/c"),
+            Err(NoRoute::MethodNotAllowed)
+        );
+        assert_eq!(
+            ok(Method::POST, "/attach/ns/p/uid/c"),
+            Ok(Operation::Attach)
+        );
+        assert_eq!(
+            ok(Method::POST, "/portForward/ns/p"),
+            Ok(Operation::PortForward)
+        );
+        assert_eq!(
+            ok(Method::GET, "/portForward/ns/p/uid"),
+            Ok(Operation::PortForward)
+        );
         assert_eq!(ok(Method::POST, "/stats/summary"), Ok(Operation::Stats));
         assert_eq!(ok(Method::GET, "/stats/container"), Ok(Operation::Stats));
-        assert_eq!(ok(Method::POST, "/stats/container"), Err(NoRoute::MethodNotAllowed));
-        for p in ["/metrics", "/metrics/cadvisor", "/metrics/resource", "/metrics/probes"] {
+        assert_eq!(
+            ok(Method::POST, "/stats/container"),
+            Err(NoRoute::MethodNotAllowed)
+        );
+        for p in [
+            "/metrics",
+            "/metrics/cadvisor",
+            "/metrics/resource",
+            "/metrics/probes",
+        ] {
             assert_eq!(ok(Method::GET, p), Ok(Operation::Metrics));
         }
-        for p in ["/", "/run/ns/p/c", "/pods", "/metrics/slis", "/exec/ns/p", "/containerLogs/ns//c", "/configz"] {
+        for p in [
+            "/",
+            "/run/ns/p/c",
+            "/pods",
+            "/metrics/slis",
+            "/exec/ns/p",
+            "/containerLogs/ns//c",
+            "/configz",
+        ] {
             assert_eq!(ok(Method::GET, p), Err(NoRoute::NotFound), "{p}");
         }
         let (_, pod) = classify(&Method::GET, "/exec/kube-system/coredns/uid-1/dns").unwrap();
-        assert_eq!(pod, Some(PodRef { namespace: "kube-system".into(), name: "coredns".into() }));
+        assert_eq!(
+            pod,
+            Some(PodRef {
+                namespace: "kube-system".into(),
+                name: "coredns".into()
+            })
+        );
     }
 }

@@ -67,7 +67,9 @@ pub struct StreamServer {
 
 impl std::fmt::Debug for StreamServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamServer").field("config", &self.config).finish()
+        f.debug_struct("StreamServer")
+            .field("config", &self.config)
+            .finish()
     }
 }
 

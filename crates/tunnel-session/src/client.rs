@@ -135,7 +135,9 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
         .get(header::SEC_WEBSOCKET_ACCEPT)
         .is_none_or(|v| v.as_bytes() != expected.as_bytes())
     {
-        return Err(Error::Handshake("bad Sec-WebSocket-Accept from the cloud".into()));
+        return Err(Error::Handshake(
+            "bad Sec-WebSocket-Accept from the cloud".into(),
+        ));
     }
     let confirmed = config.offer_tether2
         && response
@@ -149,7 +151,11 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .and_then(|v| v.parse::<u32>().ok())
             .filter(|w| *w >= 1024)
-            .ok_or_else(|| Error::Handshake(format!("tether/2 confirmed without a valid {WINDOW_HEADER}")))?;
+            .ok_or_else(|| {
+                Error::Handshake(format!(
+                    "tether/2 confirmed without a valid {WINDOW_HEADER}"
+                ))
+            })?;
         (Dialect::Tether2, window)
     } else {
         (Dialect::KubeEdge, 0)

@@ -69,7 +69,10 @@ impl SessionConfig {
     /// Checks the values against each other; returns a description of the first problem.
     pub fn validate(&self) -> Result<(), String> {
         if self.stream_window < 1024 {
-            return Err(format!("stream window {} is below 1024 bytes", self.stream_window));
+            return Err(format!(
+                "stream window {} is below 1024 bytes",
+                self.stream_window
+            ));
         }
         if self.max_data_chunk == 0 || self.max_data_chunk > stream_proto::MAX_DATA_LEN {
             return Err(format!(
@@ -84,7 +87,9 @@ impl SessionConfig {
         if self.write_queue == 0 || self.max_streams == 0 {
             return Err("write queue and stream limit must be at least 1".into());
         }
-        if self.write_deadline.is_zero() || self.stall_limit.is_zero() || self.open_timeout.is_zero()
+        if self.write_deadline.is_zero()
+            || self.stall_limit.is_zero()
+            || self.open_timeout.is_zero()
         {
             return Err("deadlines must be longer than zero".into());
         }

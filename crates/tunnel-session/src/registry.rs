@@ -69,7 +69,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("sessions", &self.len()).finish()
+        f.debug_struct("Registry")
+            .field("sessions", &self.len())
+            .finish()
     }
 }
 
@@ -80,11 +82,15 @@ impl Registry {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Maps> {
-        self.maps.read().unwrap_or_else(|poison| poison.into_inner())
+        self.maps
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Maps> {
-        self.maps.write().unwrap_or_else(|poison| poison.into_inner())
+        self.maps
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Checks, without changing anything, whether `node` may use `ip`: an IP belongs to the
@@ -93,7 +99,9 @@ impl Registry {
         let Some(ip) = ip else { return Ok(()) };
         let maps = self.read();
         match maps.by_ip.get(&ip) {
-            Some(holder) if holder != node && maps.by_name.get(holder).is_some_and(|s| !s.is_closed()) => {
+            Some(holder)
+                if holder != node && maps.by_name.get(holder).is_some_and(|s| !s.is_closed()) =>
+            {
                 Err(Error::Registry(format!(
                     "node IP {ip} is already registered by node {holder}"
                 )))
@@ -110,20 +118,22 @@ impl Registry {
         let replaced = {
             let mut maps = self.write();
             if let Some(ip) = node.ip
-                && let Some(holder) = maps.by_ip.get(&ip) {
-                    let live = maps.by_name.get(holder).is_some_and(|s| !s.is_closed());
-                    if holder != &node.name && live {
-                        return Err(Error::Registry(format!(
-                            "node IP {ip} is already registered by node {holder}"
-                        )));
-                    }
+                && let Some(holder) = maps.by_ip.get(&ip)
+            {
+                let live = maps.by_name.get(holder).is_some_and(|s| !s.is_closed());
+                if holder != &node.name && live {
+                    return Err(Error::Registry(format!(
+                        "node IP {ip} is already registered by node {holder}"
+                    )));
                 }
+            }
             let replaced = maps.by_name.insert(node.name.clone(), session);
             if let Some(old) = &replaced
                 && let Some(old_ip) = old.node().ip
-                    && maps.by_ip.get(&old_ip) == Some(&node.name) {
-                        maps.by_ip.remove(&old_ip);
-                    }
+                && maps.by_ip.get(&old_ip) == Some(&node.name)
+            {
+                maps.by_ip.remove(&old_ip);
+            }
             if let Some(ip) = node.ip {
                 maps.by_ip.insert(ip, node.name.clone());
             }
@@ -148,9 +158,10 @@ impl Registry {
         if same {
             maps.by_name.remove(&node.name);
             if let Some(ip) = node.ip
-                && maps.by_ip.get(&ip) == Some(&node.name) {
-                    maps.by_ip.remove(&ip);
-                }
+                && maps.by_ip.get(&ip) == Some(&node.name)
+            {
+                maps.by_ip.remove(&ip);
+            }
         }
         same
     }
@@ -219,8 +230,14 @@ mod tests {
     #[test]
     fn keys_parse_ipv6_and_names() {
         assert_eq!(NodeKey::parse("[::1]"), NodeKey::Ip("::1".parse().unwrap()));
-        assert_eq!(NodeKey::parse("fe80::2"), NodeKey::Ip("fe80::2".parse().unwrap()));
-        assert_eq!(NodeKey::parse("10.0.0.1"), NodeKey::Ip("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            NodeKey::parse("fe80::2"),
+            NodeKey::Ip("fe80::2".parse().unwrap())
+        );
+        assert_eq!(
+            NodeKey::parse("10.0.0.1"),
+            NodeKey::Ip("10.0.0.1".parse().unwrap())
+        );
         assert_eq!(NodeKey::parse("edge-1"), NodeKey::Name("edge-1"));
     }
 
@@ -249,9 +266,15 @@ mod tests {
         let reg = Registry::new();
         let a = session("edge-1", Some("10.0.0.1"));
         reg.register(a.clone()).unwrap();
-        assert!(reg.check_ip("edge-2", Some("10.0.0.1".parse().unwrap())).is_err());
+        assert!(
+            reg.check_ip("edge-2", Some("10.0.0.1".parse().unwrap()))
+                .is_err()
+        );
         assert!(reg.register(session("edge-2", Some("10.0.0.1"))).is_err());
-        assert!(reg.check_ip("edge-1", Some("10.0.0.1".parse().unwrap())).is_ok());
+        assert!(
+            reg.check_ip("edge-1", Some("10.0.0.1".parse().unwrap()))
+                .is_ok()
+        );
         a.close("gone");
         assert!(reg.register(session("edge-2", Some("10.0.0.1"))).is_ok());
     }

@@ -193,7 +193,11 @@ impl TunnelServer {
             session.drain("the cloud is shutting down");
         }
         let deadline = tokio::time::Instant::now() + self.config.drain_grace;
-        while self.registry.sessions().iter().any(|s| s.open_streams() > 0)
+        while self
+            .registry
+            .sessions()
+            .iter()
+            .any(|s| s.open_streams() > 0)
             && tokio::time::Instant::now() < deadline
         {
             // Streams end on their own schedule; polling a counter is the simplest
@@ -238,9 +242,7 @@ impl TunnelServer {
             let identity = identity.clone();
             let tracker = tracker.clone();
             let stop = stop.clone();
-            async move {
-                Ok::<_, Infallible>(server.upgrade(req, peer, identity, tracker, stop))
-            }
+            async move { Ok::<_, Infallible>(server.upgrade(req, peer, identity, tracker, stop)) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -349,7 +351,13 @@ impl TunnelServer {
         peer: SocketAddr,
         identity: Result<String, String>,
     ) -> Result<Accepted, (StatusCode, String, Refusal)> {
-        let bad = |reason: &str| (StatusCode::BAD_REQUEST, reason.to_owned(), Refusal::BadRequest);
+        let bad = |reason: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                reason.to_owned(),
+                Refusal::BadRequest,
+            )
+        };
         let path = req.uri().path();
         if path != CONNECT_PATH && path.strip_suffix('/') != Some(CONNECT_PATH) {
             return Err((
@@ -363,7 +371,9 @@ impl TunnelServer {
             || !header_has_token(headers, header::UPGRADE, "websocket")
             || !header_has_token(headers, header::CONNECTION, "upgrade")
         {
-            return Err(bad("expected a websocket upgrade (GET with Upgrade: websocket)"));
+            return Err(bad(
+                "expected a websocket upgrade (GET with Upgrade: websocket)",
+            ));
         }
         if headers
             .get(header::SEC_WEBSOCKET_VERSION)
@@ -428,7 +438,11 @@ impl TunnelServer {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u32>().ok())
                 .filter(|w| *w >= 1024)
-                .ok_or_else(|| bad(&format!("tether/2 needs a {WINDOW_HEADER} of at least 1024")))?;
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "tether/2 needs a {WINDOW_HEADER} of at least 1024"
+                    ))
+                })?;
             (Dialect::Tether2, window)
         } else {
             (Dialect::KubeEdge, 0)

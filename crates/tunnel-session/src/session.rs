@@ -195,7 +195,11 @@ impl Shared {
 
     /// Fails every stream; called once when the driver ends.
     fn fail_all(&self) {
-        let reason = format!("tunnel session to {} closed: {}", self.node.name, self.close_reason());
+        let reason = format!(
+            "tunnel session to {} closed: {}",
+            self.node.name,
+            self.close_reason()
+        );
         let streams: Vec<_> = lock(&self.streams).drain().map(|(_, s)| s).collect();
         for s in streams {
             s.fail(&reason);
@@ -213,7 +217,9 @@ impl Shared {
             return Err(Error::TooManyStreams(self.config.max_streams));
         }
         if streams.contains_key(&id) {
-            return Err(Error::Protocol(format!("connect id {id} is already in use")));
+            return Err(Error::Protocol(format!(
+                "connect id {id} is already in use"
+            )));
         }
         streams.insert(id, shared.clone());
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
@@ -460,7 +466,9 @@ async fn watchdog(shared: &Shared) -> Result<()> {
         tokio::time::sleep(tick).await;
         let last = shared.last_received.load(Ordering::Relaxed);
         if shared.now_micros().saturating_sub(last) > dead_after {
-            return Err(Error::Timeout("waiting for the peer: it sent nothing within the dead-peer deadline"));
+            return Err(Error::Timeout(
+                "waiting for the peer: it sent nothing within the dead-peer deadline",
+            ));
         }
     }
 }
@@ -518,7 +526,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         match tokio::time::timeout(shared.config.write_deadline, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Io(e)),
-            Err(_) => return Err(Error::Timeout("writing to the tunnel: the peer does not read")),
+            Err(_) => {
+                return Err(Error::Timeout(
+                    "writing to the tunnel: the peer does not read",
+                ));
+            }
         }
         out.clear();
         if out.capacity() > 2 * WRITE_BATCH {
@@ -550,7 +562,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) -> Result<()> {
     loop {
         let Some(event) = reader.next().await? else {
-            return Err(Error::SessionClosed("the peer closed the connection".into()));
+            return Err(Error::SessionClosed(
+                "the peer closed the connection".into(),
+            ));
         };
         shared
             .last_received
@@ -571,7 +585,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
             WsEvent::Close => {
-                return Err(Error::SessionClosed("the peer sent a websocket close".into()));
+                return Err(Error::SessionClosed(
+                    "the peer sent a websocket close".into(),
+                ));
             }
         }
     }
@@ -693,7 +709,11 @@ fn reset_stream(shared: &Shared, stream: &StreamShared, code: ResetCode, reason:
         }
         Dialect::KubeEdge => {
             if stream.mark_remove_sent() {
-                shared.push_control(Message::new(stream.id, MessageType::RemoveConnect, Bytes::new()));
+                shared.push_control(Message::new(
+                    stream.id,
+                    MessageType::RemoveConnect,
+                    Bytes::new(),
+                ));
             }
         }
     }

@@ -108,6 +108,8 @@ pub(crate) struct StreamShared {
     state: Mutex<State>,
     /// Notified whenever the reader side frees buffer space.
     pub(crate) space: Notify,
+    /// Notified when the peer stops taking data (reset, REMOVE_CONNECT, session gone).
+    closed: Notify,
 }
 
 #[derive(Default)]
@@ -143,13 +145,16 @@ impl StreamShared {
                 ..State::default()
             }),
             space: Notify::new(),
+            closed: Notify::new(),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters more than losing the stream, so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Offers received data to the stream, respecting `bound` bytes of buffer.
@@ -199,6 +204,7 @@ impl StreamShared {
         wake_all(&mut st);
         drop(st);
         self.space.notify_waiters();
+        self.closed.notify_waiters();
     }
 
     /// The peer reset the stream, or the session failed.
@@ -213,6 +219,7 @@ impl StreamShared {
         wake_all(&mut st);
         drop(st);
         self.space.notify_waiters();
+        self.closed.notify_waiters();
     }
 
     /// tether/2 WINDOW from the peer.
@@ -318,6 +325,21 @@ impl Stream {
         self.session.dialect
     }
 
+    /// Resolves once the peer takes no more data on this stream: it reset or removed the
+    /// stream, or the session died. A half-close (FIN) does not count: the peer still reads.
+    ///
+    /// The edge waits on this beside an idle kubelet request (a `logs -f` with no new lines)
+    /// so that a client who went away frees the kubelet at once, not at the next write.
+    pub async fn peer_gone(&self) {
+        loop {
+            let notified = self.shared.closed.notified();
+            if self.shared.lock().send_end.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
         self.shared.buffered()
@@ -415,8 +437,10 @@ impl Stream {
                 }
                 st.remove_sent = true;
                 drop(st);
-                self.session
-                    .send_ordered(Message::new(id, MessageType::RemoveConnect, Bytes::new()), false);
+                self.session.send_ordered(
+                    Message::new(id, MessageType::RemoveConnect, Bytes::new()),
+                    false,
+                );
             }
         }
     }
@@ -565,8 +589,7 @@ impl AsyncWrite for Stream {
                 {
                     let st = this.shared.lock();
                     // Never a second REMOVE, and the cloud never answers the edge's REMOVE.
-                    if st.remove_sent || (st.remove_received && this.session.role == Role::Cloud)
-                    {
+                    if st.remove_sent || (st.remove_received && this.session.role == Role::Cloud) {
                         drop(st);
                         this.shut = true;
                         return Poll::Ready(Ok(()));

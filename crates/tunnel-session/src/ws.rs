@@ -138,7 +138,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn check_header(&self, header: &FrameHeader) -> Result<()> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
             // No extension is ever negotiated (KubeEdge disables permessage-deflate).
-            return Err(Error::Protocol("websocket frame with reserved bits set".into()));
+            return Err(Error::Protocol(
+                "websocket frame with reserved bits set".into(),
+            ));
         }
         match (self.role, header.mask.is_some()) {
             (WsRole::Server, false) => Err(Error::Protocol(
@@ -307,10 +309,16 @@ mod tests {
     async fn non_utf8_text_message_is_accepted() {
         let wire = frames(
             WsRole::Client,
-            &[(OpCode::Data(Data::Text), true, &[0x01, 0x03, 0xff, 0xfe, 0x80])],
+            &[(
+                OpCode::Data(Data::Text),
+                true,
+                &[0x01, 0x03, 0xff, 0xfe, 0x80],
+            )],
         );
         let events = read_all(WsRole::Client, wire, 1024).await.unwrap();
-        assert!(matches!(&events[..], [WsEvent::Message(DataKind::Text, m)] if m[..] == [0x01, 0x03, 0xff, 0xfe, 0x80]));
+        assert!(
+            matches!(&events[..], [WsEvent::Message(DataKind::Text, m)] if m[..] == [0x01, 0x03, 0xff, 0xfe, 0x80])
+        );
     }
 
     #[tokio::test]
@@ -333,7 +341,10 @@ mod tests {
     async fn limits_and_masking_are_enforced() {
         let big = vec![0u8; 100];
         let wire = frames(WsRole::Client, &[(OpCode::Data(Data::Binary), true, &big)]);
-        assert!(matches!(read_all(WsRole::Client, wire, 99).await, Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_all(WsRole::Client, wire, 99).await,
+            Err(Error::Protocol(_))
+        ));
 
         let wire = frames(
             WsRole::Client,
@@ -342,32 +353,54 @@ mod tests {
                 (OpCode::Data(Data::Continue), true, &big[..60]),
             ],
         );
-        assert!(matches!(read_all(WsRole::Client, wire, 99).await, Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_all(WsRole::Client, wire, 99).await,
+            Err(Error::Protocol(_))
+        ));
 
         // A server frame sent to a server (unmasked) is refused.
         let wire = frames(WsRole::Server, &[(OpCode::Data(Data::Binary), true, b"x")]);
         let mut reader = FrameReader::new(&wire[..], WsRole::Server, 1024, Bytes::new());
         assert!(matches!(reader.next().await, Err(Error::Protocol(_))));
 
-        let wire = frames(WsRole::Server, &[(OpCode::Data(Data::Continue), true, b"x")]);
-        assert!(matches!(read_all(WsRole::Server, wire, 1024).await, Err(Error::Protocol(_))));
+        let wire = frames(
+            WsRole::Server,
+            &[(OpCode::Data(Data::Continue), true, b"x")],
+        );
+        assert!(matches!(
+            read_all(WsRole::Server, wire, 1024).await,
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[tokio::test]
     async fn truncated_frame_is_an_error_not_a_hang() {
-        let wire = frames(WsRole::Server, &[(OpCode::Data(Data::Binary), true, b"hello")]);
+        let wire = frames(
+            WsRole::Server,
+            &[(OpCode::Data(Data::Binary), true, b"hello")],
+        );
         let cut = wire.slice(..wire.len() - 2);
-        assert!(matches!(read_all(WsRole::Server, cut, 1024).await, Err(Error::Protocol(_))));
+        assert!(matches!(
+            read_all(WsRole::Server, cut, 1024).await,
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[tokio::test]
     async fn encoded_frames_read_back() {
         for role in [WsRole::Client, WsRole::Server] {
             let mut out = BytesMut::new();
-            encode_frame(&mut out, role, data_opcode(DataKind::Text), &[b"\x01\x03", &[0xc3, 0x28]]);
+            encode_frame(
+                &mut out,
+                role,
+                data_opcode(DataKind::Text),
+                &[b"\x01\x03", &[0xc3, 0x28]],
+            );
             encode_frame(&mut out, role, PONG, &[b"xy"]);
             let events = read_all(role, out.freeze(), 1024).await.unwrap();
-            assert!(matches!(&events[0], WsEvent::Message(DataKind::Text, m) if m[..] == [1, 3, 0xc3, 0x28]));
+            assert!(
+                matches!(&events[0], WsEvent::Message(DataKind::Text, m) if m[..] == [1, 3, 0xc3, 0x28])
+            );
             assert!(matches!(&events[1], WsEvent::Pong(p) if &p[..] == b"xy"));
         }
     }

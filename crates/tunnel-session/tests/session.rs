@@ -59,18 +59,31 @@ fn pair(dialect: Dialect, config: SessionConfig) -> Pair {
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[tokio::test]
 async fn tether2_bytes_both_ways_with_half_close_and_open_result() {
     let mut p = pair(Dialect::Tether2, SessionConfig::default());
-    let mut cloud_stream = p.cloud.open(ConnectKind::Exec, request("/exec/ns/p/c")).await.unwrap();
+    let mut cloud_stream = p
+        .cloud
+        .open(ConnectKind::Exec, request("/exec/ns/p/c"))
+        .await
+        .unwrap();
     let mut incoming = p.incoming.accept().await.unwrap();
     assert_eq!(incoming.request.mess_id, cloud_stream.id().0);
     assert_eq!(incoming.request.url.path, "/exec/ns/p/c");
-    incoming.stream.send_open_result(OpenResult::Raw).await.unwrap();
-    assert_eq!(cloud_stream.open_result().await.unwrap(), Some(OpenResult::Raw));
+    incoming
+        .stream
+        .send_open_result(OpenResult::Raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        cloud_stream.open_result().await.unwrap(),
+        Some(OpenResult::Raw)
+    );
 
     let up = pattern(3 * 1024 * 1024 + 17, 1);
     let down = pattern(2 * 1024 * 1024 + 5, 2);
@@ -89,13 +102,10 @@ async fn tether2_bytes_both_ways_with_half_close_and_open_result() {
     });
     let (mut r, mut w) = tokio::io::split(cloud_stream);
     let mut got = Vec::new();
-    tokio::join!(
-        async { r.read_to_end(&mut got).await.unwrap() },
-        async {
-            w.write_all(&up).await.unwrap();
-            w.shutdown().await.unwrap();
-        }
-    );
+    tokio::join!(async { r.read_to_end(&mut got).await.unwrap() }, async {
+        w.write_all(&up).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
     assert_eq!(got, down);
     edge.await.unwrap();
     assert!(p.edge.stats().bytes_received() >= up.len() as u64);
@@ -108,8 +118,16 @@ async fn tether2_paused_reader_stalls_only_its_own_stream() {
         ..SessionConfig::default()
     };
     let mut p = pair(Dialect::Tether2, config);
-    let mut slow = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
-    let mut fast = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/d")).await.unwrap();
+    let mut slow = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
+        .await
+        .unwrap();
+    let mut fast = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/d"))
+        .await
+        .unwrap();
     let slow_edge = p.incoming.accept().await.unwrap().stream;
     let fast_edge = p.incoming.accept().await.unwrap().stream;
     let data = pattern(8 * 1024 * 1024, 7);
@@ -153,8 +171,16 @@ async fn kubeedge_stall_limit_closes_only_the_stuck_stream() {
         ..SessionConfig::default()
     };
     let mut p = pair(Dialect::KubeEdge, config);
-    let mut stuck = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
-    let mut other = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/d")).await.unwrap();
+    let mut stuck = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
+        .await
+        .unwrap();
+    let mut other = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/d"))
+        .await
+        .unwrap();
     let stuck_edge = p.incoming.accept().await.unwrap().stream;
     let other_edge = p.incoming.accept().await.unwrap().stream;
     let data = pattern(4 * 1024 * 1024, 3);
@@ -178,7 +204,10 @@ async fn kubeedge_stall_limit_closes_only_the_stuck_stream() {
     other.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, data);
     other_writer.await.unwrap();
-    assert!(stuck_writer.await.unwrap().is_err(), "the stuck stream must be closed");
+    assert!(
+        stuck_writer.await.unwrap().is_err(),
+        "the stuck stream must be closed"
+    );
     // Its reader learns it was cut, rather than seeing a clean end.
     let mut sink = Vec::new();
     assert!(stuck.read_to_end(&mut sink).await.is_err());
@@ -187,7 +216,11 @@ async fn kubeedge_stall_limit_closes_only_the_stuck_stream() {
 #[tokio::test]
 async fn kubeedge_remove_ends_the_stream_and_the_edge_echoes_it() {
     let mut p = pair(Dialect::KubeEdge, SessionConfig::default());
-    let mut cloud_stream = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let mut cloud_stream = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
+        .await
+        .unwrap();
     let mut edge_stream = p.incoming.accept().await.unwrap().stream;
     edge_stream.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 5];
@@ -228,18 +261,32 @@ async fn a_silent_peer_is_declared_dead() {
     };
     let (session, _, driver) = Session::establish(a, params);
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(10), driver.run()).await.unwrap();
-    assert!(matches!(result, Err(tunnel_session::Error::Timeout(_))), "{result:?}");
+    let result = tokio::time::timeout(Duration::from_secs(10), driver.run())
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(tunnel_session::Error::Timeout(_))),
+        "{result:?}"
+    );
     assert!(session.is_closed());
     assert!(started.elapsed() >= Duration::from_millis(300));
     // Opening on a dead session fails at once.
-    assert!(session.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.is_err());
+    assert!(
+        session
+            .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
 async fn streams_fail_at_once_when_the_session_dies() {
     let mut p = pair(Dialect::Tether2, SessionConfig::default());
-    let mut cloud_stream = p.cloud.open(ConnectKind::Logs, request("/containerLogs/a/b/c")).await.unwrap();
+    let mut cloud_stream = p
+        .cloud
+        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
+        .await
+        .unwrap();
     let _edge_stream = p.incoming.accept().await.unwrap().stream;
     p.edge.close("test");
     let mut sink = Vec::new();

@@ -16,7 +16,10 @@
 //! The client is a plain [`kube::Client`]: build one yourself and pass it to
 //! [`KubePodResolver::new`], or let [`KubePodResolver::infer`] (in-cluster service account or
 //! `$KUBECONFIG`) or [`KubePodResolver::from_kubeconfig`] build it. TLS is rustls with the ring
-//! provider, like the rest of the workspace.
+//! provider, like the rest of the workspace. kube builds its rustls config on the process-default
+//! provider, which rustls picks from its crate features; ring is the only one compiled in. Should
+//! another provider (aws-lc-rs) ever enter the build, install ring with
+//! `rustls::crypto::CryptoProvider::install_default` at start-up, or kube's TLS setup panics.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -94,9 +97,11 @@ impl KubePodResolver {
     /// Must be called within a tokio runtime. Fails with [`Error::PodLookup`] if neither yields
     /// a usable configuration.
     pub async fn infer() -> Result<Self> {
-        let config = Config::infer()
-            .await
-            .map_err(|e| Error::PodLookup(format!("inferring the Kubernetes client configuration: {e}")))?;
+        let config = Config::infer().await.map_err(|e| {
+            Error::PodLookup(format!(
+                "inferring the Kubernetes client configuration: {e}"
+            ))
+        })?;
         Self::from_config(config)
     }
 
@@ -132,8 +137,7 @@ impl KubePodResolver {
 
     /// Forgets what is cached for `namespace/pod`, e.g. after its node turned out to be wrong.
     pub fn invalidate(&self, namespace: &str, pod: &str) {
-        self.lock()
-            .remove(&(namespace.to_owned(), pod.to_owned()));
+        self.lock().remove(&(namespace.to_owned(), pod.to_owned()));
     }
 
     /// How many answers are cached right now, expired ones included until they are evicted.
@@ -160,12 +164,19 @@ impl KubePodResolver {
                     self.timeout
                 ))
             })?
-            .map_err(|e| Error::PodLookup(format!("GET pod {namespace}/{pod}: {e}")))?;
+            .map_err(|e| {
+                Error::PodLookup(format!("GET pod {namespace}/{pod}: {}", describe(&e)))
+            })?;
         let node = found
             .and_then(|p| p.spec)
             .and_then(|spec| spec.node_name)
             .filter(|node| !node.is_empty());
-        tracing::debug!(namespace, pod, node = node.as_deref(), "pod node from the Kubernetes API");
+        tracing::debug!(
+            namespace,
+            pod,
+            node = node.as_deref(),
+            "pod node from the Kubernetes API"
+        );
         if let Some(node) = &node {
             self.cache_put(namespace, pod, node);
         }
@@ -203,7 +214,13 @@ impl KubePodResolver {
                 };
             }
         }
-        cache.insert(key, Cached { node: node.to_owned(), at: Instant::now() });
+        cache.insert(
+            key,
+            Cached {
+                node: node.to_owned(),
+                at: Instant::now(),
+            },
+        );
     }
 
     /// The cache; a panic elsewhere while holding it leaves a map that is still consistent.
@@ -227,6 +244,25 @@ impl fmt::Debug for KubePodResolver {
             .field("cached", &self.cached())
             .finish_non_exhaustive()
     }
+}
+
+/// A one-line account of a failed API call: the apiserver's `Status` as `code reason: message`,
+/// anything else (TLS, connection) with its chain of causes, which kube's own message omits.
+fn describe(e: &::kube::Error) -> String {
+    if let ::kube::Error::Api(status) = e {
+        return format!("{} {}: {}", status.code, status.reason, status.message);
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// An RFC 1123 label, as namespace names must be: at most 63 lowercase alphanumerics or `-`,
@@ -266,6 +302,10 @@ mod tests {
         assert!(!is_dns_subdomain("a..b"));
         assert!(!is_dns_subdomain("a?b"));
         assert!(!is_dns_subdomain("a%2Fb"));
-        assert!(!is_dns_subdomain(&format!("{}.{}", "a".repeat(63), "b".repeat(190))));
+        assert!(!is_dns_subdomain(&format!(
+            "{}.{}",
+            "a".repeat(63),
+            "b".repeat(190)
+        )));
     }
 }
