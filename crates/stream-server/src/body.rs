@@ -11,8 +11,12 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use std::sync::Arc;
 use tokio_util::io::poll_read_buf;
+
 use tunnel_session::Stream;
+
+use crate::observe::StreamRecord;
 
 /// Read size for relayed bodies (the issue asks for at least 32 KiB).
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -24,15 +28,23 @@ pub(crate) struct TunnelBody {
     buf: BytesMut,
     /// Bytes still expected when the length is known (Content-Length); `None` = until EOF.
     remaining: Option<u64>,
+    /// Counts what passes and reports the stream's end when the body is dropped.
+    record: Arc<StreamRecord>,
 }
 
 impl TunnelBody {
-    pub(crate) fn new(prefix: Bytes, stream: Stream, length: Option<u64>) -> TunnelBody {
+    pub(crate) fn new(
+        prefix: Bytes,
+        stream: Stream,
+        length: Option<u64>,
+        record: Arc<StreamRecord>,
+    ) -> TunnelBody {
         TunnelBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             stream: Some(stream),
             buf: BytesMut::new(),
             remaining: length,
+            record,
         }
     }
 
@@ -44,6 +56,7 @@ impl TunnelBody {
             data.truncate(n);
             *remaining -= n as u64;
         }
+        self.record.add_from_edge(data.len() as u64);
         data
     }
 }

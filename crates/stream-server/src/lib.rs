@@ -13,6 +13,7 @@
 //!
 //! - [`route`]: the kubelet routes served, and nothing else.
 //! - [`node`]: which node a request is for (Host, HTTP/2 authority, node proxy path).
+//! - [`observe`]: what is reported about each stream (metrics hooks, one log line each).
 //! - [`pods`]: the pod → node fallback when the host names no connected node.
 //! - [`server`]: TLS with client certificates, HTTP/1.1 and HTTP/2, drain on shutdown.
 //! - `relay` and `body` (private): the one relay every operation goes through.
@@ -20,12 +21,14 @@
 mod body;
 pub mod error;
 pub mod node;
+pub mod observe;
 pub mod pods;
 mod relay;
 pub mod route;
 pub mod server;
 
 pub use error::{Error, Result};
+pub use observe::{NoRelayObserver, RelayObserver};
 pub use pods::PodResolver;
 pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use server::{StreamServer, StreamServerConfig};

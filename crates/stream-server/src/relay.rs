@@ -10,7 +10,7 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -20,11 +20,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use stream_proto::{ConnectRequest, GoUrl, OpenResult, canonical_header_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 use tunnel_session::{Dialect, NodeKey, SessionDirectory, Stream};
 
 use crate::body::{READ_CHUNK, TunnelBody};
 use crate::node::node_of;
+use crate::observe::{RelayObserver, StreamRecord};
 use crate::pods::PodResolver;
 use crate::route::{NoRoute, Operation, classify};
 
@@ -54,6 +55,7 @@ const HOP_BY_HOP: [&str; 8] = [
 pub(crate) struct Relay {
     pub(crate) directory: Arc<dyn SessionDirectory>,
     pub(crate) pods: Option<Arc<dyn PodResolver>>,
+    pub(crate) observer: Arc<dyn RelayObserver>,
     pub(crate) response_timeout: Duration,
     pub(crate) tracker: tokio_util::task::TaskTracker,
 }
@@ -61,6 +63,7 @@ pub(crate) struct Relay {
 impl Relay {
     /// Serves one kubelet request.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
         let (op, pod) = match classify(req.method(), req.uri().path()) {
             Ok(found) => found,
             Err(NoRoute::NotFound) => return text(StatusCode::NOT_FOUND, "404 page not found"),
@@ -99,6 +102,7 @@ impl Relay {
             }
         }
         let Some(session) = session else {
+            self.observer.stream_failed(op, "no_session");
             return match named {
                 Some(node) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +122,7 @@ impl Relay {
             let stream = match session.open(op.connect_kind(), request).await {
                 Ok(s) => s,
                 Err(e) => {
+                    self.observer.stream_failed(op, "open_failed");
                     return text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("cannot open a stream to node {}: {e}", session.node().name),
@@ -126,44 +131,70 @@ impl Relay {
             };
             tracing::Span::current().record("connect_id", stream.id().0);
             debug!(method = %req.method(), path = %req.uri().path(), "relaying");
-            if op.is_upgrade() {
-                self.upgrade(req, stream).await
+            let (response, relayed) = if op.is_upgrade() {
+                self.upgrade(req, stream, op, started).await
             } else {
-                self.plain(req, stream).await
+                self.plain(req, stream, op, started).await
+            };
+            if !relayed {
+                self.observer
+                    .stream_failed(op, failure_reason(response.status()));
             }
+            response
         }
         .instrument(span)
         .await
     }
 
-    /// Logs, stats and metrics.
-    async fn plain(&self, req: Request<Incoming>, mut stream: Stream) -> Response<ResponseBody> {
+    fn record(&self, op: Operation, started: Instant) -> Arc<StreamRecord> {
+        Arc::new(StreamRecord::new(self.observer.clone(), op, started))
+    }
+
+    /// Logs, stats and metrics. Returns the response and whether the kubelet's answer is
+    /// being relayed (as opposed to an error of ours).
+    async fn plain(
+        &self,
+        req: Request<Incoming>,
+        mut stream: Stream,
+        op: Operation,
+        started: Instant,
+    ) -> (Response<ResponseBody>, bool) {
         match stream.dialect() {
             Dialect::Tether2 => {
                 // Send the request body (a POST to /stats/summary has one), then half-close.
                 let body = req.into_body();
                 let sent = tokio::time::timeout(self.response_timeout, async {
                     let mut body = body;
+                    let mut sent = 0u64;
                     while let Some(frame) = body.frame().await {
                         let frame = frame.map_err(io::Error::other)?;
                         if let Ok(data) = frame.into_data() {
                             stream.write_all(&data).await?;
+                            sent += data.len() as u64;
                         }
                     }
-                    stream.shutdown().await
+                    stream.shutdown().await?;
+                    Ok::<_, io::Error>(sent)
                 })
                 .await;
-                match sent {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return bad_gateway(&format!("sending the request body: {e}")),
-                    Err(_) => return gateway_timeout("sending the request body"),
-                }
+                let sent = match sent {
+                    Ok(Ok(sent)) => sent,
+                    Ok(Err(e)) => {
+                        return (
+                            bad_gateway(&format!("sending the request body: {e}")),
+                            false,
+                        );
+                    }
+                    Err(_) => return (gateway_timeout("sending the request body"), false),
+                };
                 match stream.open_result().await {
                     Ok(Some(OpenResult::Response { status, headers })) => {
                         let status =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let record = self.record(op, started);
+                        record.add_to_edge(sent);
                         let mut response = Response::new(
-                            TunnelBody::new(Bytes::new(), stream, None).boxed_unsync(),
+                            TunnelBody::new(Bytes::new(), stream, None, record).boxed_unsync(),
                         );
                         *response.status_mut() = status;
                         copy_headers(
@@ -172,27 +203,23 @@ impl Relay {
                             }),
                             response.headers_mut(),
                         );
-                        response
+                        (response, true)
                     }
-                    Ok(Some(OpenResult::Refused { status, reason })) => refused(status, &reason),
-                    Ok(Some(OpenResult::Raw)) => {
-                        bad_gateway("the edge answered a plain request with a raw connection")
-                    }
-                    Ok(None) => bad_gateway("the edge gave no answer"),
-                    Err(tunnel_session::Error::Timeout(what)) => gateway_timeout(what),
-                    Err(e) => bad_gateway(&e.to_string()),
+                    other => (open_failure(other), false),
                 }
             }
             Dialect::KubeEdge => {
                 // A stock edge sends the body and nothing about the kubelet's status, so, as
                 // stock cloudcore does, answer 200 and stream what comes (docs/protocol.md).
-                let mut response =
-                    Response::new(TunnelBody::new(Bytes::new(), stream, None).boxed_unsync());
+                let record = self.record(op, started);
+                let mut response = Response::new(
+                    TunnelBody::new(Bytes::new(), stream, None, record).boxed_unsync(),
+                );
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
                 );
-                response
+                (response, true)
             }
         }
     }
@@ -202,24 +229,19 @@ impl Relay {
         &self,
         mut req: Request<Incoming>,
         mut stream: Stream,
-    ) -> Response<ResponseBody> {
+        op: Operation,
+        started: Instant,
+    ) -> (Response<ResponseBody>, bool) {
         if stream.dialect() == Dialect::Tether2 {
             match stream.open_result().await {
                 Ok(Some(OpenResult::Raw)) => {}
-                Ok(Some(OpenResult::Refused { status, reason })) => {
-                    return refused(status, &reason);
-                }
-                Ok(Some(OpenResult::Response { .. })) | Ok(None) => {
-                    return bad_gateway("the edge did not open a raw connection");
-                }
-                Err(tunnel_session::Error::Timeout(what)) => return gateway_timeout(what),
-                Err(e) => return bad_gateway(&e.to_string()),
+                other => return (open_failure(other), false),
             }
         }
         let head = match tokio::time::timeout(self.response_timeout, read_head(&mut stream)).await {
             Ok(Ok(head)) => head,
-            Ok(Err(e)) => return bad_gateway(&e),
-            Err(_) => return gateway_timeout("waiting for the kubelet's response"),
+            Ok(Err(e)) => return (bad_gateway(&e), false),
+            Err(_) => return (gateway_timeout("waiting for the kubelet's response"), false),
         };
         let mut response_headers = HeaderMap::new();
         copy_headers(
@@ -228,10 +250,8 @@ impl Relay {
         );
         if head.status == StatusCode::SWITCHING_PROTOCOLS {
             if req.version() != Version::HTTP_11 {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    "protocol upgrades need HTTP/1.1 (this request came over HTTP/2)",
-                );
+                let msg = "protocol upgrades need HTTP/1.1 (this request came over HTTP/2)";
+                return (text(StatusCode::BAD_REQUEST, msg), false);
             }
             // Connection and Upgrade are hop-by-hop, but a 101 must carry them: the
             // kubelet's values pass through.
@@ -248,6 +268,7 @@ impl Relay {
             }
             let on_upgrade = hyper::upgrade::on(&mut req);
             let leftover = head.rest;
+            let record = self.record(op, started);
             self.tracker.spawn(
                 async move {
                     let upgraded = match on_upgrade.await {
@@ -258,7 +279,7 @@ impl Relay {
                         }
                     };
                     let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                    let started = std::time::Instant::now();
+                    record.add_from_edge(leftover.len() as u64);
                     let result = async {
                         if !leftover.is_empty() {
                             client.write_all(&leftover).await?;
@@ -273,13 +294,11 @@ impl Relay {
                     }
                     .await;
                     match result {
-                        Ok((up, down)) => info!(
-                            bytes_to_kubelet = up,
-                            bytes_from_kubelet = down as usize + leftover.len(),
-                            duration = ?started.elapsed(),
-                            "stream finished"
-                        ),
-                        Err(e) => info!(error = %e, duration = ?started.elapsed(), "stream ended with an error"),
+                        Ok((up, down)) => {
+                            record.add_to_edge(up);
+                            record.add_from_edge(down);
+                        }
+                        Err(e) => debug!(error = %e, "bridge ended with an error"),
                     }
                 }
                 .in_current_span(),
@@ -291,7 +310,7 @@ impl Relay {
             );
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             *response.headers_mut() = response_headers;
-            return response;
+            return (response, true);
         }
         // Anything else (400, 403, 404, 500 "Upgrade request required") is relayed as an
         // ordinary response, body included.
@@ -301,10 +320,14 @@ impl Relay {
                     .to_ascii_lowercase()
                     .contains("chunked")
         });
+        let record = self.record(op, started);
         let body = if chunked {
             match read_chunked(head.rest, &mut stream).await {
-                Ok(body) => Full::new(body).map_err(|e| match e {}).boxed_unsync(),
-                Err(e) => return bad_gateway(&e),
+                Ok(body) => {
+                    record.add_from_edge(body.len() as u64);
+                    Full::new(body).map_err(|e| match e {}).boxed_unsync()
+                }
+                Err(e) => return (bad_gateway(&e), false),
             }
         } else {
             let length = head
@@ -312,12 +335,41 @@ impl Relay {
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
                 .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
-            TunnelBody::new(head.rest, stream, length).boxed_unsync()
+            TunnelBody::new(head.rest, stream, length, record).boxed_unsync()
         };
         let mut response = Response::new(body);
         *response.status_mut() = head.status;
         *response.headers_mut() = response_headers;
-        response
+        (response, true)
+    }
+}
+
+/// The response for an edge that did not open the stream as asked.
+fn open_failure(result: tunnel_session::Result<Option<OpenResult>>) -> Response<ResponseBody> {
+    match result {
+        Ok(Some(OpenResult::Refused { status, reason })) => refused(status, &reason),
+        Ok(Some(OpenResult::Raw)) => {
+            bad_gateway("the edge answered a plain request with a raw connection")
+        }
+        Ok(Some(OpenResult::Response { .. })) => {
+            bad_gateway("the edge did not open a raw connection")
+        }
+        Ok(None) => bad_gateway("the edge gave no answer"),
+        Err(tunnel_session::Error::Timeout(what)) => gateway_timeout(what),
+        Err(e) => bad_gateway(&e.to_string()),
+    }
+}
+
+/// A short fixed word for a failed request, for metrics.
+fn failure_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        403 => "forbidden",
+        404 => "not_found",
+        502 => "bad_gateway",
+        503 => "unavailable",
+        504 => "timeout",
+        _ => "other",
     }
 }
 

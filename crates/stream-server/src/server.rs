@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use tunnel_session::SessionDirectory;
 
 use crate::error::Result;
+use crate::observe::{NoRelayObserver, RelayObserver};
 use crate::pods::PodResolver;
 use crate::relay::Relay;
 
@@ -62,6 +63,7 @@ pub struct StreamServer {
     acceptor: TlsAcceptor,
     directory: Arc<dyn SessionDirectory>,
     pods: Option<Arc<dyn PodResolver>>,
+    observer: Arc<dyn RelayObserver>,
     config: StreamServerConfig,
 }
 
@@ -85,8 +87,15 @@ impl StreamServer {
             acceptor: TlsAcceptor::from(tls),
             directory,
             pods: None,
+            observer: Arc::new(NoRelayObserver),
             config,
         }
+    }
+
+    /// Reports every stream to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RelayObserver>) -> StreamServer {
+        self.observer = observer;
+        self
     }
 
     /// Falls back to looking up the pod's node when the host names no connected node.
@@ -105,6 +114,7 @@ impl StreamServer {
         let relay = Arc::new(Relay {
             directory: self.directory.clone(),
             pods: self.pods.clone(),
+            observer: self.observer.clone(),
             response_timeout: self.config.response_timeout,
             tracker: streams.clone(),
         });
