@@ -191,7 +191,10 @@ impl Process {
         let log_file = std::fs::File::create(&log)?;
         let mut child = Command::new(binary(name)?)
             .args(args)
-            .env("RUST_LOG", "info,tunnel_session=debug,stream_server=debug,edge_stream=debug")
+            .env(
+                "RUST_LOG",
+                "info,tunnel_session=debug,stream_server=debug,edge_stream=debug",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -228,7 +231,11 @@ impl Process {
         };
         match tokio::time::timeout(PATIENCE, wait).await {
             Ok(r) => r.map_err(|e| e.context(self.logs())),
-            Err(_) => Err(anyhow!("{} did not print {needle:?}\n{}", self.name, self.logs())),
+            Err(_) => Err(anyhow!(
+                "{} did not print {needle:?}\n{}",
+                self.name,
+                self.logs()
+            )),
         }
     }
 
@@ -305,7 +312,15 @@ impl Edge {
         kubelet: SocketAddr,
         extra_args: &[&str],
     ) -> Result<Edge> {
-        let mut edge = Edge::spawn(world, cloud.tunnel, node, node_ip, kubelet, node, extra_args)?;
+        let mut edge = Edge::spawn(
+            world,
+            cloud.tunnel,
+            node,
+            node_ip,
+            kubelet,
+            node,
+            extra_args,
+        )?;
         edge.process.wait_line("edgestream connected").await?;
         Ok(edge)
     }

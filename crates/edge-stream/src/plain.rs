@@ -1,0 +1,174 @@
+//! Logs, stats and metrics: one HTTP/1.1 exchange with the kubelet, streamed back.
+//!
+//! The kubelet's status and headers go to the cloud in the tether/2 open result, and its body
+//! follows frame by frame as it arrives: a `follow=true` log line reaches the cloud at once,
+//! and nothing buffers a whole body (design decision 5: no forced 200, no line splitting,
+//! gzip allowed). If the cloud gives up first, the kubelet connection is dropped at once,
+//! which is how a cancelled `kubectl logs -f` frees the kubelet.
+//!
+//! One connection per request and no pool: streams are long-lived or rare, and a fresh
+//! connection keeps each stream's fate independent.
+
+use std::pin::pin;
+
+use bytes::Bytes;
+use http::{Method, Request, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use stream_proto::{ConnectRequest, OpenResult, ResetCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::debug;
+use tunnel_session::{Dialect, Stream};
+
+use crate::error::Error;
+use crate::headers::{plain_request_headers, response_headers};
+use crate::kubelet::Kubelet;
+use crate::route::Refusal;
+use crate::serve::{Finish, Tally, cloud_gone, finish, refuse};
+
+/// Largest request body accepted from the cloud. The only plain request with a body is
+/// `POST /stats/summary`, whose body is a few bytes of JSON options.
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// Serves a plain request: send it to the kubelet, answer with its status and headers, copy
+/// the body.
+pub(crate) async fn serve(
+    kubelet: &Kubelet,
+    request: &ConnectRequest,
+    target: &str,
+    mut stream: Stream,
+    tally: &mut Tally,
+) -> Result<Finish, Error> {
+    let dialect = stream.dialect();
+    let uri = match Uri::try_from(target) {
+        Ok(uri) => uri,
+        Err(e) => {
+            let refusal = Refusal::new(400, format!("request target {target:?}: {e}"));
+            return refuse(&mut stream, tally, refusal).await;
+        }
+    };
+    let method = match request.method.as_deref() {
+        Some("POST") => Method::POST,
+        _ => Method::GET,
+    };
+    // Only a tether/2 cloud can send a body: it sends it right after the connect and ends it
+    // with FIN. KubeEdge has no half-close, and stock clouds never send one.
+    let body = if method == Method::POST && dialect == Dialect::Tether2 {
+        match read_body(&mut stream).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                let reason = format!("request body over {MAX_REQUEST_BODY} bytes");
+                return refuse(&mut stream, tally, Refusal::new(413, reason)).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "the cloud ended the stream during the request body");
+                return Ok(Finish::CloudClosed);
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    tally.to_kubelet = body.len() as u64;
+
+    let mut kubelet_request = Request::new(Full::new(body));
+    *kubelet_request.method_mut() = method;
+    *kubelet_request.uri_mut() = uri;
+    // A stock cloud drops the response headers (spec 3.4), so a compressed body would reach
+    // the client undecodable: with KubeEdge, only identity.
+    *kubelet_request.headers_mut() =
+        plain_request_headers(request.header.as_ref(), dialect == Dialect::KubeEdge);
+    kubelet_request
+        .headers_mut()
+        .insert(header::HOST, kubelet.host().clone());
+
+    let io = match kubelet.connect().await {
+        Ok(io) => io,
+        Err(e) => return refuse(&mut stream, tally, Refusal::new(502, e.to_string())).await,
+    };
+    let kubelet_failed = |source| Error::KubeletHttp {
+        addr: kubelet.addr().to_owned(),
+        source,
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+        Ok(parts) => parts,
+        Err(e) => {
+            let reason = kubelet_failed(e).to_string();
+            return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
+        }
+    };
+    // The connection is driven right here, next to the request, so it lives exactly as long
+    // as this stream and needs no task of its own.
+    let mut conn = pin!(conn);
+    let response = tokio::select! {
+        r = sender.send_request(kubelet_request) => match r {
+            Ok(response) => response,
+            Err(e) => {
+                let reason = kubelet_failed(e).to_string();
+                return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
+            }
+        },
+        r = &mut conn => {
+            let reason = match r {
+                Err(e) => kubelet_failed(e).to_string(),
+                Ok(()) => format!("kubelet at {} closed the connection without answering", kubelet.addr()),
+            };
+            return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
+        }
+        () = cloud_gone(&mut stream) => return Ok(Finish::CloudClosed),
+    };
+
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status.as_u16();
+    tally.status = Some(status);
+    stream
+        .send_open_result(OpenResult::Response {
+            status,
+            headers: response_headers(&parts.headers),
+        })
+        .await?;
+
+    let mut conn_done = false;
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            r = &mut conn, if !conn_done => {
+                // The body, fed by the connection, reports how it ended.
+                conn_done = true;
+                if let Err(e) = r {
+                    debug!(error = %e, "kubelet connection ended");
+                }
+                continue;
+            }
+            () = cloud_gone(&mut stream) => return Ok(Finish::CloudClosed),
+        };
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                let e = kubelet_failed(e);
+                // Abort, so the client sees a truncated response rather than a clean end.
+                stream.reset(ResetCode::Internal, &e.to_string());
+                return Err(e);
+            }
+        };
+        // Trailers have nowhere to go; only data frames are relayed.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if let Err(e) = stream.write_all(&data).await {
+            debug!(error = %e, "the cloud stopped taking the response body");
+            return Ok(Finish::CloudClosed);
+        }
+        tally.to_cloud += data.len() as u64;
+    }
+    finish(&mut stream).await.map_err(Error::Stream)?;
+    Ok(Finish::Completed)
+}
+
+/// Reads the request body up to the cloud's FIN; `None` if it exceeds [`MAX_REQUEST_BODY`].
+async fn read_body(stream: &mut Stream) -> std::io::Result<Option<Bytes>> {
+    let mut body = Vec::new();
+    let limit = MAX_REQUEST_BODY as u64 + 1;
+    let n = (&mut *stream).take(limit).read_to_end(&mut body).await?;
+    Ok((n <= MAX_REQUEST_BODY).then(|| Bytes::from(body)))
+}
