@@ -9,6 +9,7 @@ mod config;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -33,6 +34,13 @@ struct Args {
     /// Address for the kubelet API listener (default: all interfaces, `streamPort`).
     #[arg(long, env = "CLOUDSTREAM_STREAM_ADDR")]
     stream_addr: Option<SocketAddr>,
+    /// Per-stream buffer and window in bytes.
+    #[arg(long, env = "CLOUDSTREAM_STREAM_WINDOW")]
+    stream_window: Option<u32>,
+    /// Seconds a stock-KubeEdge edge may leave a stream's buffer full before that stream is
+    /// closed.
+    #[arg(long, env = "CLOUDSTREAM_STALL_LIMIT")]
+    stall_limit: Option<u64>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "CLOUDSTREAM_LOG_FORMAT")]
     log_format: LogFormat,
@@ -62,6 +70,18 @@ fn main() -> Result<()> {
         .stream_addr
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], settings.stream_port)));
 
+    let mut tunnel_config = TunnelServerConfig::default();
+    if let Some(window) = args.stream_window {
+        tunnel_config.session.stream_window = window;
+    }
+    if let Some(secs) = args.stall_limit {
+        tunnel_config.session.stall_limit = Duration::from_secs(secs);
+    }
+    tunnel_config
+        .session
+        .validate()
+        .map_err(|e| anyhow::anyhow!("session settings: {e}"))?;
+
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +102,7 @@ fn main() -> Result<()> {
 
         let registry = Arc::new(Registry::new());
         let shutdown = CancellationToken::new();
-        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), TunnelServerConfig::default());
+        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), tunnel_config);
         let stream = StreamServer::new(stream_tls, registry, StreamServerConfig::default());
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));

@@ -32,7 +32,12 @@ struct Args {
     #[arg(long, env = "EDGESTREAM_KUBEEDGE_ONLY")]
     kubeedge_only: bool,
     /// Operations to refuse with 403 (repeatable): logs, exec, attach, port-forward, metrics.
-    #[arg(long = "disable", value_enum, env = "EDGESTREAM_DISABLE", value_delimiter = ',')]
+    #[arg(
+        long = "disable",
+        value_enum,
+        env = "EDGESTREAM_DISABLE",
+        value_delimiter = ','
+    )]
     disable: Vec<OperationArg>,
     /// Per-stream buffer and window in bytes.
     #[arg(long, env = "EDGESTREAM_STREAM_WINDOW")]
@@ -147,7 +152,9 @@ async fn report_status(mut status: watch::Receiver<TunnelStatus>) {
     loop {
         let current = status.borrow_and_update().clone();
         match current {
-            TunnelStatus::Connected { dialect } => println!("edgestream connected dialect={dialect}"),
+            TunnelStatus::Connected { dialect } => {
+                println!("edgestream connected dialect={dialect}")
+            }
             TunnelStatus::Disconnected { reason } => {
                 warn!(%reason, "tunnel down");
                 println!("edgestream disconnected");

@@ -13,14 +13,20 @@ fn run(body: &str) -> (bool, String) {
         .arg(&path)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn missing_node_name_names_key_and_file() {
     let (ok, stderr) = run("modules:\n  edgeStream:\n    enable: true\n  edged: {}\n");
     assert!(!ok);
-    assert!(stderr.contains("modules.edged.hostnameOverride"), "{stderr}");
+    assert!(
+        stderr.contains("modules.edged.hostnameOverride"),
+        "{stderr}"
+    );
     assert!(stderr.contains("edgecore.yaml"), "{stderr}");
 }
 
@@ -30,7 +36,10 @@ fn wrong_type_names_key_and_file() {
         "modules:\n  edgeStream:\n    enable: true\n    handshakeTimeout: soon\n  edged:\n    hostnameOverride: edge-1\n",
     );
     assert!(!ok);
-    assert!(stderr.contains("modules.edgeStream.handshakeTimeout"), "{stderr}");
+    assert!(
+        stderr.contains("modules.edgeStream.handshakeTimeout"),
+        "{stderr}"
+    );
     assert!(stderr.contains("edgecore.yaml"), "{stderr}");
 }
 

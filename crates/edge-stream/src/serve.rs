@@ -231,7 +231,9 @@ pub(crate) async fn cloud_gone(stream: &mut Stream) {
     let mut scratch = [0u8; 1024];
     loop {
         match stream.read(&mut scratch).await {
-            Ok(0) if stream.dialect() == Dialect::Tether2 => std::future::pending::<()>().await,
+            // A FIN only ends the request body; the cloud gives up with a RESET, which
+            // `peer_gone` sees even though reads already returned end-of-file.
+            Ok(0) if stream.dialect() == Dialect::Tether2 => return stream.peer_gone().await,
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }

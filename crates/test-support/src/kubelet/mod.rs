@@ -724,7 +724,9 @@ async fn logs(
     };
     let cancel = shared.cancel.clone();
     if c.spec.stall {
-        // Hold the request forever; on shutdown fail it so hyper drops the connection.
+        // Hold the request forever; on shutdown fail it so hyper drops the connection. It
+        // counts as an active log stream, so tests can wait until it is here.
+        let _guard = shared.active_guard(false);
         cancel.cancelled().await;
         return Err(io::Error::other("kubelet shutting down"));
     }

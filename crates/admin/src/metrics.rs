@@ -1,0 +1,444 @@
+//! The `tether_*` metric families and the methods that record into them.
+//!
+//! One [`Metrics`] per process owns a `prometheus_client` [`Registry`] (no global state, so
+//! tests build as many as they like) and is rendered on `/metrics`. The binaries hand it to
+//! the libraries' observer traits: it implements [`TunnelObserver`] directly, and its plain
+//! methods ([`Metrics::stream_opened`], [`Metrics::reconnect`], …) are what a binary's
+//! small adapter for the other observers calls. Both binaries register every family;
+//! the ones a side never records (sessions on the edge, reconnects on the cloud) stay at
+//! zero.
+//!
+//! Label values: `operation` and `reason` come from our own code (fixed words such as
+//! `exec`, `logs`, `tls`), never from a peer or a request, so the number of series is
+//! bounded by the code, not by traffic.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tracing::warn;
+use tunnel_session::server::{Refusal, TunnelObserver};
+use tunnel_session::session::Session;
+
+use crate::Error;
+
+/// Every handshake refusal reason, so each series exists (at zero) from the start and
+/// `rate()` sees the first refusal.
+const REFUSALS: [Refusal; 4] = [
+    Refusal::Tls,
+    Refusal::BadRequest,
+    Refusal::Identity,
+    Refusal::IpConflict,
+];
+
+/// `operation` label: the kubelet operation a stream serves (`logs`, `exec`, …).
+/// Values come from code, never from peers (see the module docs).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+/// `operation` and `direction` (`to_edge` / `from_edge`) labels for byte counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    operation: String,
+    direction: String,
+}
+
+/// `reason` label: a short fixed word from code (a [`Refusal`] or a reset reason).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+/// How long opening a stream took: 1 ms doubling to ~33 s (16 buckets, then +Inf).
+fn stream_open_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Ping round trips: 0.5 ms doubling to ~8 s (15 buckets, then +Inf).
+fn ping_rtt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+struct Families {
+    registry: Registry,
+    sessions: Gauge,
+    handshakes_refused: Family<ReasonLabels, Counter>,
+    streams_open: Family<OperationLabels, Gauge>,
+    streams_total: Family<OperationLabels, Counter>,
+    stream_bytes: Family<DirectionLabels, Counter>,
+    stream_open_seconds: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    stream_resets: Family<ReasonLabels, Counter>,
+    ping_rtt: Histogram,
+    reconnects: Counter,
+    tunnel_up: Gauge,
+}
+
+/// The process's metric families, rendered on `/metrics`.
+///
+/// Cheap to clone (one `Arc`); clones record into the same families.
+///
+/// | name | type | labels |
+/// |---|---|---|
+/// | `tether_sessions` | gauge | — |
+/// | `tether_handshakes_refused_total` | counter | `reason` |
+/// | `tether_streams_open` | gauge | `operation` |
+/// | `tether_streams_total` | counter | `operation` |
+/// | `tether_stream_bytes_total` | counter | `operation`, `direction` |
+/// | `tether_stream_open_seconds` | histogram | `operation` |
+/// | `tether_stream_resets_total` | counter | `reason` |
+/// | `tether_ping_rtt_seconds` | histogram | — |
+/// | `tether_reconnects_total` | counter | — |
+/// | `tether_tunnel_up` | gauge | — |
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Families>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics")
+            .field("sessions", &self.inner.sessions.get())
+            .field("tunnel_up", &self.inner.tunnel_up.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates every `tether_*` family in a fresh registry.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tether");
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Edge sessions currently live on this cloud process",
+            sessions.clone(),
+        );
+        let handshakes_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "handshakes_refused",
+            "Tunnel handshakes refused, by reason (tls, bad_request, identity, ip_conflict)",
+            handshakes_refused.clone(),
+        );
+        for refusal in REFUSALS {
+            handshakes_refused
+                .get_or_create(&ReasonLabels {
+                    reason: refusal.as_str().to_owned(),
+                })
+                .inc_by(0);
+        }
+        let streams_open = Family::<OperationLabels, Gauge>::default();
+        registry.register(
+            "streams_open",
+            "Streams currently open, by kubelet operation",
+            streams_open.clone(),
+        );
+        let streams_total = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "streams",
+            "Streams opened, by kubelet operation",
+            streams_total.clone(),
+        );
+        let stream_bytes = Family::<DirectionLabels, Counter>::default();
+        registry.register_with_unit(
+            "stream",
+            "Stream payload bytes of finished streams, by operation and direction (to_edge, from_edge)",
+            Unit::Bytes,
+            stream_bytes.clone(),
+        );
+        let stream_open_seconds =
+            Family::<OperationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                stream_open_histogram,
+            );
+        registry.register_with_unit(
+            "stream_open",
+            "Time from a request's arrival until its stream was open, by operation",
+            Unit::Seconds,
+            stream_open_seconds.clone(),
+        );
+        let stream_resets = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "stream_resets",
+            "Streams ended abnormally, by reason",
+            stream_resets.clone(),
+        );
+        let ping_rtt = ping_rtt_histogram();
+        registry.register_with_unit(
+            "ping_rtt",
+            "Tunnel keepalive ping round trips",
+            Unit::Seconds,
+            ping_rtt.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "reconnects",
+            "Times the edge dialled the cloud again after its tunnel ended",
+            reconnects.clone(),
+        );
+        let tunnel_up = Gauge::default();
+        registry.register(
+            "tunnel_up",
+            "1 while the edge's tunnel to the cloud is established, else 0",
+            tunnel_up.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Families {
+                registry,
+                sessions,
+                handshakes_refused,
+                streams_open,
+                streams_total,
+                stream_bytes,
+                stream_open_seconds,
+                stream_resets,
+                ping_rtt,
+                reconnects,
+                tunnel_up,
+            }),
+        }
+    }
+
+    /// A stream for `operation` (a fixed word from code, such as `exec`) was opened.
+    pub fn stream_opened(&self, operation: &str) {
+        let labels = OperationLabels {
+            operation: operation.to_owned(),
+        };
+        self.inner.streams_total.get_or_create(&labels).inc();
+        self.inner.streams_open.get_or_create(&labels).inc();
+    }
+
+    /// A stream for `operation` ended after carrying `bytes_to_edge` towards the edge and
+    /// `bytes_from_edge` back. Pairs with one earlier [`Metrics::stream_opened`].
+    pub fn stream_closed(&self, operation: &str, bytes_to_edge: u64, bytes_from_edge: u64) {
+        let labels = OperationLabels {
+            operation: operation.to_owned(),
+        };
+        self.inner.streams_open.get_or_create(&labels).dec();
+        let mut bytes = DirectionLabels {
+            operation: labels.operation,
+            direction: "to_edge".to_owned(),
+        };
+        self.inner
+            .stream_bytes
+            .get_or_create(&bytes)
+            .inc_by(bytes_to_edge);
+        bytes.direction = "from_edge".to_owned();
+        self.inner
+            .stream_bytes
+            .get_or_create(&bytes)
+            .inc_by(bytes_from_edge);
+    }
+
+    /// Opening a stream for `operation` took `latency`.
+    pub fn stream_open_latency(&self, operation: &str, latency: Duration) {
+        self.inner
+            .stream_open_seconds
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// A stream ended abnormally; `reason` is a short fixed word from code.
+    pub fn stream_reset(&self, reason: &str) {
+        self.inner
+            .stream_resets
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A keepalive ping came back after `rtt`.
+    pub fn ping_rtt(&self, rtt: Duration) {
+        self.inner.ping_rtt.observe(rtt.as_secs_f64());
+    }
+
+    /// The edge is dialling the cloud again after its tunnel ended.
+    pub fn reconnect(&self) {
+        self.inner.reconnects.inc();
+    }
+
+    /// The edge's tunnel came up (`true`) or went down (`false`).
+    pub fn tunnel_up(&self, up: bool) {
+        self.inner.tunnel_up.set(i64::from(up));
+    }
+
+    /// Every family as OpenMetrics text, ending with `# EOF`.
+    ///
+    /// Encoding into a `String` only fails if a label encoder does, which ours never do;
+    /// should it happen anyway, it is logged and the text written so far is returned.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(8 * 1024);
+        if let Err(e) = self.encode_into(&mut text) {
+            warn!(error = %e, "metrics could not be encoded");
+        }
+        text
+    }
+
+    /// Every family as OpenMetrics text, or the encoder's error.
+    pub(crate) fn try_encode(&self) -> Result<String, Error> {
+        let mut text = String::with_capacity(8 * 1024);
+        self.encode_into(&mut text)?;
+        Ok(text)
+    }
+
+    fn encode_into(&self, text: &mut String) -> Result<(), Error> {
+        prometheus_client::encoding::text::encode(text, &self.inner.registry)?;
+        Ok(())
+    }
+}
+
+impl TunnelObserver for Metrics {
+    fn refused(&self, reason: Refusal) {
+        self.inner
+            .handshakes_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    fn session_started(&self, _session: &Session) {
+        self.inner.sessions.inc();
+    }
+
+    fn session_ended(&self, _session: &Session) {
+        self.inner.sessions.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use bytes::Bytes;
+    use tunnel_session::{Dialect, NodeIdentity, Role, SessionConfig, SessionParams};
+
+    fn session(name: &str) -> Session {
+        let (io, _peer) = tokio::io::duplex(1024);
+        let params = SessionParams {
+            role: Role::Cloud,
+            dialect: Dialect::KubeEdge,
+            node: NodeIdentity {
+                name: name.into(),
+                ip: None,
+            },
+            config: SessionConfig::default(),
+            peer_window: 0,
+            leftover: Bytes::new(),
+        };
+        Session::establish(io, params).0
+    }
+
+    fn has_line(text: &str, line: &str) -> bool {
+        text.lines().any(|l| l == line)
+    }
+
+    #[test]
+    fn stream_families_carry_their_labels() {
+        let metrics = Metrics::new();
+        metrics.stream_opened("exec");
+        metrics.stream_opened("exec");
+        metrics.stream_opened("logs");
+        metrics.stream_closed("exec", 10, 2048);
+        metrics.stream_open_latency("logs", Duration::from_millis(3));
+        metrics.stream_reset("stalled");
+        let text = metrics.encode();
+        for line in [
+            "# TYPE tether_streams_open gauge",
+            "# TYPE tether_streams counter",
+            "# TYPE tether_stream_bytes counter",
+            "# UNIT tether_stream_bytes bytes",
+            "# TYPE tether_stream_open_seconds histogram",
+            "# UNIT tether_stream_open_seconds seconds",
+            "tether_streams_total{operation=\"exec\"} 2",
+            "tether_streams_total{operation=\"logs\"} 1",
+            "tether_streams_open{operation=\"exec\"} 1",
+            "tether_streams_open{operation=\"logs\"} 1",
+            "tether_stream_bytes_total{operation=\"exec\",direction=\"to_edge\"} 10",
+            "tether_stream_bytes_total{operation=\"exec\",direction=\"from_edge\"} 2048",
+            "tether_stream_open_seconds_count{operation=\"logs\"} 1",
+            "tether_stream_open_seconds_bucket{le=\"0.001\",operation=\"logs\"} 0",
+            "tether_stream_open_seconds_bucket{le=\"0.004\",operation=\"logs\"} 1",
+            "tether_stream_resets_total{reason=\"stalled\"} 1",
+            "# EOF",
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn edge_families_record() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        assert!(has_line(&text, "tether_tunnel_up 0"), "{text}");
+        assert!(has_line(&text, "tether_reconnects_total 0"), "{text}");
+        metrics.reconnect();
+        metrics.tunnel_up(true);
+        metrics.ping_rtt(Duration::from_micros(700));
+        let text = metrics.encode();
+        for line in [
+            "tether_tunnel_up 1",
+            "tether_reconnects_total 1",
+            "# TYPE tether_ping_rtt_seconds histogram",
+            "tether_ping_rtt_seconds_count 1",
+            "tether_ping_rtt_seconds_bucket{le=\"0.0005\"} 0",
+            "tether_ping_rtt_seconds_bucket{le=\"0.001\"} 1",
+            "tether_ping_rtt_seconds_bucket{le=\"8.192\"} 1",
+            "tether_ping_rtt_seconds_bucket{le=\"+Inf\"} 1",
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+        metrics.tunnel_up(false);
+        assert!(has_line(&metrics.encode(), "tether_tunnel_up 0"));
+    }
+
+    #[test]
+    fn tunnel_observer_counts_sessions_and_refusals() {
+        let metrics = Metrics::new();
+        let observer: Arc<dyn TunnelObserver> = Arc::new(metrics.clone());
+        let text = metrics.encode();
+        for reason in ["tls", "bad_request", "identity", "ip_conflict"] {
+            let line = format!("tether_handshakes_refused_total{{reason=\"{reason}\"}} 0");
+            assert!(has_line(&text, &line), "missing {line:?} in\n{text}");
+        }
+        assert!(has_line(&text, "tether_sessions 0"), "{text}");
+
+        let a = session("edge-1");
+        let b = session("edge-2");
+        observer.session_started(&a);
+        observer.session_started(&b);
+        observer.refused(Refusal::Identity);
+        observer.refused(Refusal::Tls);
+        observer.refused(Refusal::Tls);
+        let text = metrics.encode();
+        for line in [
+            "# TYPE tether_sessions gauge",
+            "tether_sessions 2",
+            "# TYPE tether_handshakes_refused counter",
+            "tether_handshakes_refused_total{reason=\"tls\"} 2",
+            "tether_handshakes_refused_total{reason=\"identity\"} 1",
+            "tether_handshakes_refused_total{reason=\"ip_conflict\"} 0",
+        ] {
+            assert!(has_line(&text, line), "missing {line:?} in\n{text}");
+        }
+        observer.session_ended(&a);
+        assert!(has_line(&metrics.encode(), "tether_sessions 1"));
+        observer.session_ended(&b);
+        assert!(has_line(&metrics.encode(), "tether_sessions 0"));
+    }
+}
