@@ -117,10 +117,14 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
     let status = response.status();
     if status != StatusCode::SWITCHING_PROTOCOLS {
         let collect = Limited::new(response.into_body(), MAX_REFUSAL_BODY).collect();
-        let body = if conn_done {
-            collect.await.ok()
-        } else {
-            tokio::join!(collect, &mut conn).0.ok()
+        let mut collect = std::pin::pin!(collect);
+        // The body is read while the connection is driven; the connection may stay open
+        // after it (keep-alive), so only the body is waited for.
+        let body = loop {
+            tokio::select! {
+                b = &mut collect => break b.ok(),
+                _ = &mut conn, if !conn_done => conn_done = true,
+            }
         };
         let body = body
             .map(|c| String::from_utf8_lossy(&c.to_bytes()).trim().to_owned())

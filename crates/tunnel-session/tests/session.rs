@@ -1,6 +1,8 @@
 //! Session mechanics over an in-memory pipe: both ends are real sessions (cloud and edge
 //! roles, same dialect), so everything but TLS and the HTTP upgrade is exercised here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use bytes::Bytes;
