@@ -263,6 +263,8 @@ pub struct Cloud {
     pub process: Process,
     pub tunnel: SocketAddr,
     pub stream: SocketAddr,
+    /// The admin listener, when started with `--admin-addr`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Cloud {
@@ -291,6 +293,7 @@ impl Cloud {
         Ok(Cloud {
             tunnel: field("tunnel")?,
             stream: field("stream")?,
+            admin: field("admin").ok(),
             process,
         })
     }
@@ -300,6 +303,8 @@ impl Cloud {
 pub struct Edge {
     pub process: Process,
     pub node: String,
+    /// The admin listener, when started with `--admin-addr`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Edge {
@@ -321,6 +326,13 @@ impl Edge {
             node,
             extra_args,
         )?;
+        if extra_args.contains(&"--admin-addr") {
+            let line = edge.process.wait_line("edgestream admin=").await?;
+            edge.admin = line
+                .trim()
+                .strip_prefix("edgestream admin=")
+                .and_then(|a| a.parse().ok());
+        }
         edge.process.wait_line("edgestream connected").await?;
         Ok(edge)
     }
@@ -347,6 +359,7 @@ impl Edge {
         Ok(Edge {
             process,
             node: node.to_owned(),
+            admin: None,
         })
     }
 }

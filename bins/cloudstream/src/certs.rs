@@ -318,7 +318,7 @@ fn plan(args: &CertsArgs, now: SystemTime) -> Result<Plan> {
                 secret: true,
                 about: "CA private key".into(),
             });
-            Issuer::new(params, CaKey::Generated(key))
+            Issuer::new(params, CaKey::Generated(Box::new(key)))
         }
         // clap's `requires` makes these impossible from the command line.
         _ => bail!("--ca-cert and --ca-key go together"),
@@ -593,7 +593,7 @@ fn date(t: SystemTime) -> String {
 /// A signing key for rcgen: one we generated, or a CA key from disk loaded through rustls
 /// (which, unlike rcgen with ring, reads SEC1 and PKCS#1 as well as PKCS#8).
 enum CaKey {
-    Generated(KeyPair),
+    Generated(Box<KeyPair>),
     Loaded(LoadedKey),
 }
 
@@ -614,7 +614,7 @@ impl PublicKeyData for CaKey {
 
     fn algorithm(&self) -> &'static SignatureAlgorithm {
         match self {
-            Self::Generated(key) => PublicKeyData::algorithm(key),
+            Self::Generated(key) => PublicKeyData::algorithm(key.as_ref()),
             Self::Loaded(key) => key.algorithm,
         }
     }

@@ -34,6 +34,9 @@ struct Args {
     /// Address for the kubelet API listener (default: all interfaces, `streamPort`).
     #[arg(long, env = "CLOUDSTREAM_STREAM_ADDR")]
     stream_addr: Option<SocketAddr>,
+    /// Address for the admin listener (`/metrics`, `/healthz`, `/readyz`); off when unset.
+    #[arg(long, env = "CLOUDSTREAM_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
     /// Per-stream buffer and window in bytes.
     #[arg(long, env = "CLOUDSTREAM_STREAM_WINDOW")]
     stream_window: Option<u32>,
@@ -93,30 +96,73 @@ fn main() -> Result<()> {
         let stream_listener = TcpListener::bind(stream_addr)
             .await
             .with_context(|| format!("binding the stream listener on {stream_addr}"))?;
+        let admin_listener = match args.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener on {addr}"))?,
+            ),
+            None => None,
+        };
         // One machine-readable line on stdout, so scripts and tests learn the bound ports.
+        let admin_text = match &admin_listener {
+            Some(l) => format!(" admin={}", l.local_addr()?),
+            None => String::new(),
+        };
         println!(
-            "cloudstream listening tunnel={} stream={}",
+            "cloudstream listening tunnel={} stream={}{admin_text}",
             tunnel_listener.local_addr()?,
             stream_listener.local_addr()?
         );
 
         let registry = Arc::new(Registry::new());
         let shutdown = CancellationToken::new();
-        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), tunnel_config);
-        let stream = StreamServer::new(stream_tls, registry, StreamServerConfig::default());
+        let metrics = admin::Metrics::new();
+        let readiness = admin::Readiness::new();
+        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), tunnel_config)
+            .with_observer(Arc::new(metrics.clone()));
+        let stream = StreamServer::new(stream_tls, registry.clone(), StreamServerConfig::default())
+            .with_observer(Arc::new(metrics.clone()));
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));
+        let sampler = tokio::spawn(admin::sample_rtt(
+            registry,
+            metrics.clone(),
+            RTT_SAMPLE_INTERVAL,
+            shutdown.clone(),
+        ));
+        // Both listeners are bound and serving: ready.
+        readiness.set_ready(true);
+        // The admin port outlives the drain so probes and scrapes see it through.
+        let admin_stop = CancellationToken::new();
+        let admin_task = admin_listener.map(|l| {
+            tokio::spawn(admin::serve(
+                l,
+                metrics,
+                readiness.clone(),
+                admin_stop.clone(),
+            ))
+        });
 
         wait_for_signal().await?;
         info!("shutting down: draining streams and sessions");
+        readiness.set_ready(false);
         shutdown.cancel();
         let (tunnel_result, stream_result) = tokio::join!(tunnel_task, stream_task);
         tunnel_result.context("tunnel server task")??;
         stream_result.context("stream server task")??;
+        let _ = sampler.await;
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            task.await.context("admin task")??;
+        }
         info!("stopped");
         Ok(())
     })
 }
+
+/// How often live sessions' ping round trips are recorded.
+const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 fn tls_files(paths: &config::TlsPaths) -> TlsFiles {
     TlsFiles {

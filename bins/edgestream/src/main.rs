@@ -39,6 +39,9 @@ struct Args {
         value_delimiter = ','
     )]
     disable: Vec<OperationArg>,
+    /// Address for the admin listener (`/metrics`, `/healthz`, `/readyz`); off when unset.
+    #[arg(long, env = "EDGESTREAM_ADMIN_ADDR")]
+    admin_addr: Option<std::net::SocketAddr>,
     /// Per-stream buffer and window in bytes.
     #[arg(long, env = "EDGESTREAM_STREAM_WINDOW")]
     stream_window: Option<u32>,
@@ -132,28 +135,61 @@ fn main() -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let metrics = admin::Metrics::new();
+        let readiness = admin::Readiness::new();
+        let admin_stop = CancellationToken::new();
+        let admin_task = match args.admin_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener on {addr}"))?;
+                println!("edgestream admin={}", listener.local_addr()?);
+                Some(tokio::spawn(admin::serve(
+                    listener,
+                    metrics.clone(),
+                    readiness.clone(),
+                    admin_stop.clone(),
+                )))
+            }
+            None => None,
+        };
         let shutdown = CancellationToken::new();
         let (status_tx, status_rx) = watch::channel(TunnelStatus::default());
-        let reporter = tokio::spawn(report_status(status_rx));
+        let reporter = tokio::spawn(report_status(status_rx, metrics, readiness));
         let edge_task = tokio::spawn(edge_stream::run(edge, shutdown.clone(), Some(status_tx)));
         wait_for_signal().await?;
         info!("shutting down: draining streams");
         shutdown.cancel();
         edge_task.await.context("edge task")??;
         let _ = reporter.await;
+        admin_stop.cancel();
+        if let Some(task) = admin_task {
+            task.await.context("admin task")??;
+        }
         info!("stopped");
         Ok(())
     })
 }
 
-/// Prints one machine-readable line on stdout per tunnel state change, so scripts and tests
-/// can follow the tunnel without parsing logs.
-async fn report_status(mut status: watch::Receiver<TunnelStatus>) {
+/// Follows the tunnel state: readiness and metrics, and one machine-readable line on stdout
+/// per change, so scripts and tests can follow the tunnel without parsing logs.
+async fn report_status(
+    mut status: watch::Receiver<TunnelStatus>,
+    metrics: admin::Metrics,
+    readiness: admin::Readiness,
+) {
+    let mut was_connected = false;
     loop {
         let current = status.borrow_and_update().clone();
+        let connected = matches!(current, TunnelStatus::Connected { .. });
+        readiness.set_ready(connected);
+        metrics.tunnel_up(connected);
         match current {
             TunnelStatus::Connected { dialect } => {
-                println!("edgestream connected dialect={dialect}")
+                if was_connected {
+                    metrics.reconnect();
+                }
+                println!("edgestream connected dialect={dialect}");
             }
             TunnelStatus::Disconnected { reason } => {
                 warn!(%reason, "tunnel down");
@@ -165,6 +201,7 @@ async fn report_status(mut status: watch::Receiver<TunnelStatus>) {
             }
             TunnelStatus::Connecting => {}
         }
+        was_connected |= connected;
         if status.changed().await.is_err() {
             return;
         }

@@ -13,14 +13,17 @@
 //! # Layout
 //!
 //! - [`metrics`]: the `tether_*` metric families and the methods that record into them.
+//! - [`observers`]: the stream server's observer hook and the RTT sampler.
 //! - [`readiness`]: the shared ready / not ready flag behind `/readyz`.
 //! - [`server`]: the plain HTTP/1.1 admin server.
 
 pub mod metrics;
+pub mod observers;
 pub mod readiness;
 pub mod server;
 
 pub use metrics::Metrics;
+pub use observers::sample_rtt;
 pub use readiness::Readiness;
 pub use server::serve;
 
