@@ -23,10 +23,6 @@ use crate::error::Error;
 use crate::kubelet::Kubelet;
 use crate::serve::Connector;
 
-/// How often a session is checked for a GO_AWAY from the cloud. tunnel-session exposes the
-/// drain as a flag without a wake-up, so it is polled; a second is prompt enough for a cloud
-/// that gives its streams a drain grace of many seconds.
-const DRAIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// After the drain grace, how long cut handlers and closed sessions get to wind down.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -191,8 +187,6 @@ impl Edge {
             }
             .instrument(span),
         );
-        let mut drain_check = tokio::time::interval(DRAIN_CHECK_INTERVAL);
-        drain_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return SessionEnd::Shutdown(session),
@@ -206,10 +200,10 @@ impl Edge {
                         return SessionEnd::Closed { reason };
                     }
                 },
-                _ = drain_check.tick() => if session.is_draining() {
+                () = session.draining() => {
                     self.retire(session);
                     return SessionEnd::Draining;
-                },
+                }
             }
         }
     }
@@ -225,20 +219,10 @@ impl Edge {
         let span = info_span!("retired_session", node = %session.node().name);
         self.sessions.spawn(
             async move {
-                let mut check = tokio::time::interval(DRAIN_CHECK_INTERVAL);
-                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = session.closed() => return,
-                        () = cut.cancelled() => {
-                            session.close("the edge is shutting down");
-                            return;
-                        }
-                        _ = check.tick() => if session.open_streams() == 0 {
-                            session.close("drained: no streams left");
-                            return;
-                        },
-                    }
+                tokio::select! {
+                    () = session.closed() => {}
+                    () = cut.cancelled() => session.close("the edge is shutting down"),
+                    () = session.idle() => session.close("drained: no streams left"),
                 }
             }
             .instrument(span),

@@ -192,17 +192,17 @@ impl TunnelServer {
         for session in self.registry.sessions() {
             session.drain("the cloud is shutting down");
         }
-        let deadline = tokio::time::Instant::now() + self.config.drain_grace;
-        while self
-            .registry
-            .sessions()
-            .iter()
-            .any(|s| s.open_streams() > 0)
-            && tokio::time::Instant::now() < deadline
+        let sessions = self.registry.sessions();
+        let all_idle = async {
+            for session in &sessions {
+                session.idle().await;
+            }
+        };
+        if tokio::time::timeout(self.config.drain_grace, all_idle)
+            .await
+            .is_err()
         {
-            // Streams end on their own schedule; polling a counter is the simplest
-            // correct wait here and only runs during shutdown.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            warn!(grace = ?self.config.drain_grace, "drain grace over; closing sessions with open streams");
         }
         sessions_done.cancel();
         for session in self.registry.sessions() {

@@ -125,6 +125,10 @@ pub(crate) struct Shared {
     close_reason: Mutex<Option<String>>,
     /// No new streams: we are draining, or the peer said GO_AWAY.
     draining: AtomicBool,
+    /// Notified when `draining` becomes true.
+    draining_changed: Notify,
+    /// Notified whenever the last open stream goes away.
+    idle: Notify,
     pub(crate) stats: SessionStats,
     epoch: Instant,
     last_received: AtomicU64,
@@ -162,7 +166,19 @@ impl Shared {
     }
 
     pub(crate) fn remove_stream(&self, id: ConnectId) {
-        lock(&self.streams).remove(&id);
+        let mut streams = lock(&self.streams);
+        if streams.remove(&id).is_some() && streams.is_empty() {
+            drop(streams);
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn set_draining(&self) -> bool {
+        let was = self.draining.swap(true, Ordering::Relaxed);
+        if !was {
+            self.draining_changed.notify_waiters();
+        }
+        was
     }
 
     fn stream(&self, id: ConnectId) -> Option<Arc<StreamShared>> {
@@ -204,6 +220,7 @@ impl Shared {
         for s in streams {
             s.fail(&reason);
         }
+        self.idle.notify_waiters();
     }
 
     fn register_stream(&self, id: ConnectId, kind: ConnectKind) -> Result<Arc<StreamShared>> {
@@ -307,6 +324,8 @@ impl Session {
             cancel: CancellationToken::new(),
             close_reason: Mutex::new(None),
             draining: AtomicBool::new(false),
+            draining_changed: Notify::new(),
+            idle: Notify::new(),
             stats: SessionStats::default(),
             epoch: Instant::now(),
             last_received: AtomicU64::new(0),
@@ -356,6 +375,29 @@ impl Session {
         self.shared.draining.load(Ordering::Relaxed)
     }
 
+    /// Resolves once the session is draining: we called [`Session::drain`], or the peer
+    /// said GO_AWAY (tether/2). The edge dials a new session then.
+    pub async fn draining(&self) {
+        loop {
+            let notified = self.shared.draining_changed.notified();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once no stream is open on the session (at once if none is).
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            if self.open_streams() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Why the session ended, once it has.
     pub fn close_reason(&self) -> Option<String> {
         self.is_closed().then(|| self.shared.close_reason())
@@ -378,7 +420,7 @@ impl Session {
 
     /// Stops new streams and, with tether/2, tells the peer (GO_AWAY). Open streams go on.
     pub fn drain(&self, reason: &str) {
-        if self.shared.draining.swap(true, Ordering::Relaxed) {
+        if self.shared.set_draining() {
             return;
         }
         if self.shared.dialect == Dialect::Tether2 {
@@ -644,7 +686,7 @@ async fn dispatch(
         }
         MessageType::GoAway if shared.dialect == Dialect::Tether2 => {
             info!(node = %shared.node.name, reason = %String::from_utf8_lossy(&msg.data), "peer is draining");
-            shared.draining.store(true, Ordering::Relaxed);
+            shared.set_draining();
         }
         MessageType::CloseConnect if shared.role == Role::Edge => {
             return Err(Error::SessionClosed(format!(
