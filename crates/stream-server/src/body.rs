@@ -89,6 +89,7 @@ impl Body for TunnelBody {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => {
                 this.stream = None;
+                this.record.mark_cut();
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Ok(0)) => {

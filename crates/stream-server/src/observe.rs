@@ -5,7 +5,7 @@
 //! connect id, operation, bytes each way and duration.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -19,7 +19,10 @@ pub trait RelayObserver: Send + Sync + 'static {
     fn stream_opened(&self, _operation: Operation, _latency: Duration) {}
     /// A stream ended; bytes sent to the edge (request body, stdin) and from it.
     fn stream_closed(&self, _operation: Operation, _to_edge: u64, _from_edge: u64) {}
-    /// A request failed before or while streaming; `reason` is a short fixed word.
+    /// A request failed before or while streaming; `reason` is a short fixed word:
+    /// `no_session`, `open_failed`, `bad_request`, `forbidden`, `not_found`, `bad_gateway`,
+    /// `unavailable`, `timeout` or `other` when no stream was relayed, and `cut` when a
+    /// relayed stream broke (stall limit, tunnel lost, reset by the edge).
     fn stream_failed(&self, _operation: Operation, _reason: &'static str) {}
 }
 
@@ -38,6 +41,8 @@ pub(crate) struct StreamRecord {
     span: tracing::Span,
     pub(crate) to_edge: AtomicU64,
     pub(crate) from_edge: AtomicU64,
+    /// The stream ended with an error after it started (stall limit, tunnel lost, reset).
+    cut: AtomicBool,
 }
 
 impl StreamRecord {
@@ -54,11 +59,17 @@ impl StreamRecord {
             span: tracing::Span::current(),
             to_edge: AtomicU64::new(0),
             from_edge: AtomicU64::new(0),
+            cut: AtomicBool::new(false),
         }
     }
 
     pub(crate) fn add_from_edge(&self, n: u64) {
         self.from_edge.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The stream broke after it started; reported as the failure reason `cut`.
+    pub(crate) fn mark_cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn add_to_edge(&self, n: u64) {
@@ -72,12 +83,17 @@ impl Drop for StreamRecord {
         let from_edge = self.from_edge.load(Ordering::Relaxed);
         self.observer
             .stream_closed(self.operation, to_edge, from_edge);
+        let cut = self.cut.load(Ordering::Relaxed);
+        if cut {
+            self.observer.stream_failed(self.operation, "cut");
+        }
         let _span = self.span.enter();
         info!(
             operation = self.operation.as_str(),
             bytes_to_edge = to_edge,
             bytes_from_edge = from_edge,
             duration_ms = self.started.elapsed().as_millis() as u64,
+            cut,
             "stream closed"
         );
     }

@@ -298,7 +298,10 @@ impl Relay {
                             record.add_to_edge(up);
                             record.add_from_edge(down);
                         }
-                        Err(e) => debug!(error = %e, "bridge ended with an error"),
+                        Err(e) => {
+                            record.mark_cut();
+                            debug!(error = %e, "bridge ended with an error");
+                        }
                     }
                 }
                 .in_current_span(),
