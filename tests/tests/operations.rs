@@ -417,7 +417,20 @@ async fn two_hundred_concurrent_mixed_streams_are_byte_exact() {
                         .get(&s.cloud, "edge-1", "/metrics/cadvisor", &[])
                         .await
                         .unwrap();
-                    assert!(body_bytes(resp.into_body()).await.unwrap() == direct_metrics);
+                    let headers = format!("{:?}", resp.headers());
+                    let got = body_bytes(resp.into_body()).await.unwrap();
+                    if got != direct_metrics {
+                        let at = got
+                            .iter()
+                            .zip(direct_metrics.iter())
+                            .position(|(a, b)| a != b);
+                        panic!(
+                            "metrics differ: {} vs {} bytes, first difference at {at:?}; headers {headers}; got[..200]={:?}",
+                            got.len(),
+                            direct_metrics.len(),
+                            String::from_utf8_lossy(&got[..got.len().min(200)])
+                        );
+                    }
                 }
                 _ => {
                     let path = format!("/portForward/default/web?port={}", echo_addr.port());

@@ -2,8 +2,10 @@
 //! `cloudcore.yaml`.
 //!
 //! How this fits: operators replacing KubeEdge's CloudStream keep their existing
-//! `cloudcore.yaml`; `main` calls [`load_cloudcore`] and then [`check_readable`] before anything
-//! listens, and converts the [`TlsPaths`] into `tunnel_session::tls::TlsFiles`. Only the keys
+//! `cloudcore.yaml`; `settings` detects the format, calls [`load_cloudcore`] (or builds the same
+//! [`CloudStreamSettings`] from tether's own format) and [`check_readable`] before anything
+//! listens. `enable` is read but not required: cloudcore's own module must be *off* while
+//! cloudstream runs from the same file, so `enable: true` only earns a warning. Only the keys
 //! CloudStream uses are read; every other module and key of the file is ignored, as real files
 //! carry dozens. Defaults are KubeEdge's (`NewDefaultCloudCoreConfig`). Every error names the
 //! key path and the file, so a bad deployment is fixed from the first log line.
@@ -22,7 +24,23 @@ use yaml_serde::Value;
 /// The API group of `cloudcore.yaml` (`cloudcore.config.kubeedge.io/v1alpha1` or `/v1alpha2`).
 const API_GROUP: &str = "cloudcore.config.kubeedge.io";
 /// The section this binary reads.
-const SECTION: &str = "modules.cloudStream";
+pub const SECTION: &str = "modules.cloudStream";
+/// KubeEdge's default `tunnelPort`.
+pub const DEFAULT_TUNNEL_PORT: u16 = 10004;
+/// KubeEdge's default `streamPort`.
+pub const DEFAULT_STREAM_PORT: u16 = 10003;
+/// KubeEdge's default `tlsTunnelCAFile`.
+pub const DEFAULT_TUNNEL_CA: &str = "/etc/kubeedge/ca/rootCA.crt";
+/// KubeEdge's default `tlsTunnelCertFile`.
+pub const DEFAULT_TUNNEL_CERT: &str = "/etc/kubeedge/certs/server.crt";
+/// KubeEdge's default `tlsTunnelPrivateKeyFile`.
+pub const DEFAULT_TUNNEL_KEY: &str = "/etc/kubeedge/certs/server.key";
+/// KubeEdge's default `tlsStreamCAFile`.
+pub const DEFAULT_STREAM_CA: &str = "/etc/kubeedge/ca/streamCA.crt";
+/// KubeEdge's default `tlsStreamCertFile`.
+pub const DEFAULT_STREAM_CERT: &str = "/etc/kubeedge/certs/stream.crt";
+/// KubeEdge's default `tlsStreamPrivateKeyFile`.
+pub const DEFAULT_STREAM_KEY: &str = "/etc/kubeedge/certs/stream.key";
 
 /// The three TLS files of one listener, as configured (plain data, not yet read).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +58,12 @@ pub struct TlsPaths {
 pub struct CloudStreamSettings {
     /// The file these settings were read from, for error messages.
     pub source: PathBuf,
+    /// Dotted path of the section the keys below were read from (`modules.cloudStream` in
+    /// `cloudcore.yaml`, `cloudStream` in tether's format), for error messages.
+    pub section: &'static str,
+    /// `enable` of the section: `true` means cloudcore runs its own CloudStream from this file
+    /// too, which conflicts with cloudstream (both want the ports).
+    pub module_enabled: bool,
     /// Port of the websocket tunnel listener that edges dial (`tunnelPort`, default 10004).
     pub tunnel_port: u16,
     /// Port of the kubelet-API listener kube-apiserver talks to (`streamPort`, default 10003).
@@ -77,11 +101,6 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
-    /// `modules.cloudStream.enable` is not `true`.
-    Disabled {
-        /// The configuration file.
-        file: PathBuf,
-    },
     /// A TLS file named by the configuration cannot be read.
     TlsFile {
         /// The configuration file.
@@ -103,11 +122,6 @@ impl fmt::Display for ConfigError {
             Self::Invalid { file, key, problem } => {
                 write!(f, "{key}: {problem} (in {})", file.display())
             }
-            Self::Disabled { file } => write!(
-                f,
-                "cloudStream is disabled in {}: set {SECTION}.enable: true to run cloudstream",
-                file.display()
-            ),
             Self::TlsFile {
                 file,
                 key,
@@ -127,9 +141,11 @@ impl std::error::Error for ConfigError {}
 
 /// Reads `modules.cloudStream` from a `cloudcore.yaml`.
 ///
-/// Fails if the file cannot be read or parsed, if a key has the wrong type (naming the key path
-/// and the file), or if `enable` is not `true` (KubeEdge's default is `false`, so an absent
-/// section or key means disabled). The TLS files are not opened here; see [`check_readable`].
+/// Fails if the file cannot be read or parsed, or if a key has the wrong type (naming the key
+/// path and the file). `enable` is reported in [`CloudStreamSettings::module_enabled`], never
+/// required: an absent section means KubeEdge's defaults. The TLS files are not opened here;
+/// see [`check_readable`].
+#[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
 pub fn load_cloudcore(path: &Path) -> Result<CloudStreamSettings, ConfigError> {
     let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
         file: path.to_owned(),
@@ -138,14 +154,11 @@ pub fn load_cloudcore(path: &Path) -> Result<CloudStreamSettings, ConfigError> {
     parse_cloudcore(&text, path)
 }
 
-fn parse_cloudcore(text: &str, file: &Path) -> Result<CloudStreamSettings, ConfigError> {
+/// [`load_cloudcore`] for a file already read.
+pub fn parse_cloudcore(text: &str, file: &Path) -> Result<CloudStreamSettings, ConfigError> {
     let doc = Doc::parse(text, file)?;
     doc.check_api_group(API_GROUP)?;
-    if !doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false) {
-        return Err(ConfigError::Disabled {
-            file: file.to_owned(),
-        });
-    }
+    let module_enabled = doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false);
     let path = |name: &str, default: &str| -> Result<PathBuf, ConfigError> {
         Ok(doc
             .path(&format!("{SECTION}.{name}"))?
@@ -153,17 +166,23 @@ fn parse_cloudcore(text: &str, file: &Path) -> Result<CloudStreamSettings, Confi
     };
     Ok(CloudStreamSettings {
         source: file.to_owned(),
-        tunnel_port: doc.port(&format!("{SECTION}.tunnelPort"))?.unwrap_or(10004),
-        stream_port: doc.port(&format!("{SECTION}.streamPort"))?.unwrap_or(10003),
+        section: SECTION,
+        module_enabled,
+        tunnel_port: doc
+            .port(&format!("{SECTION}.tunnelPort"))?
+            .unwrap_or(DEFAULT_TUNNEL_PORT),
+        stream_port: doc
+            .port(&format!("{SECTION}.streamPort"))?
+            .unwrap_or(DEFAULT_STREAM_PORT),
         tunnel: TlsPaths {
-            ca: path("tlsTunnelCAFile", "/etc/kubeedge/ca/rootCA.crt")?,
-            cert: path("tlsTunnelCertFile", "/etc/kubeedge/certs/server.crt")?,
-            key: path("tlsTunnelPrivateKeyFile", "/etc/kubeedge/certs/server.key")?,
+            ca: path("tlsTunnelCAFile", DEFAULT_TUNNEL_CA)?,
+            cert: path("tlsTunnelCertFile", DEFAULT_TUNNEL_CERT)?,
+            key: path("tlsTunnelPrivateKeyFile", DEFAULT_TUNNEL_KEY)?,
         },
         stream: TlsPaths {
-            ca: path("tlsStreamCAFile", "/etc/kubeedge/ca/streamCA.crt")?,
-            cert: path("tlsStreamCertFile", "/etc/kubeedge/certs/stream.crt")?,
-            key: path("tlsStreamPrivateKeyFile", "/etc/kubeedge/certs/stream.key")?,
+            ca: path("tlsStreamCAFile", DEFAULT_STREAM_CA)?,
+            cert: path("tlsStreamCertFile", DEFAULT_STREAM_CERT)?,
+            key: path("tlsStreamPrivateKeyFile", DEFAULT_STREAM_KEY)?,
         },
     })
 }
@@ -187,7 +206,7 @@ pub fn check_readable(settings: &CloudStreamSettings) -> Result<(), ConfigError>
     for (name, path) in files {
         check_file(path).map_err(|error| ConfigError::TlsFile {
             file: settings.source.clone(),
-            key: format!("{SECTION}.{name}"),
+            key: format!("{}.{name}", settings.section),
             path: path.clone(),
             error,
         })?;
@@ -196,7 +215,7 @@ pub fn check_readable(settings: &CloudStreamSettings) -> Result<(), ConfigError>
 }
 
 /// Opens a file for reading (and refuses a directory, which `open` alone would accept).
-fn check_file(path: &Path) -> io::Result<()> {
+pub fn check_file(path: &Path) -> io::Result<()> {
     let file = fs::File::open(path)?;
     if file.metadata()?.is_dir() {
         return Err(io::Error::other("is a directory, not a file"));
@@ -385,6 +404,8 @@ mod tests {
             settings,
             CloudStreamSettings {
                 source: file,
+                section: SECTION,
+                module_enabled: true,
                 tunnel_port: 10004,
                 stream_port: 10003,
                 tunnel: TlsPaths {
@@ -449,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn disabled_or_absent_module_is_an_error_naming_the_file() {
+    fn enable_is_read_but_not_required() {
         for yaml in [
             "modules:\n  cloudStream:\n    enable: false\n",
             "modules:\n  cloudStream:\n    tunnelPort: 10004\n",
@@ -457,18 +478,13 @@ mod tests {
             "kind: CloudCore\n",
             "",
         ] {
-            let err = parse(yaml).unwrap_err();
-            assert!(
-                matches!(err, ConfigError::Disabled { .. }),
-                "{yaml:?}: {err}"
-            );
-            let message = err.to_string();
-            assert!(message.contains("cloudStream is disabled"), "{message}");
-            assert!(
-                message.contains("/etc/kubeedge/config/cloudcore.yaml"),
-                "{message}"
-            );
+            let settings = parse(yaml).unwrap();
+            assert!(!settings.module_enabled, "{yaml:?}");
+            assert_eq!(settings.tunnel_port, DEFAULT_TUNNEL_PORT, "{yaml:?}");
+            assert_eq!(settings.stream_port, DEFAULT_STREAM_PORT, "{yaml:?}");
         }
+        let enabled = parse("modules:\n  cloudStream:\n    enable: true\n").unwrap();
+        assert!(enabled.module_enabled);
     }
 
     #[test]

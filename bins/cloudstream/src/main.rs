@@ -1,102 +1,103 @@
 //! `cloudstream`: the cloud end of the tether tunnel.
 //!
-//! Parses flags and the config file, sets up logging and TLS, binds the listeners, then
-//! hands them to `tunnel-session`'s tunnel server and `stream-server`'s kubelet API server,
-//! which share one session registry. SIGTERM or Ctrl-C drains both.
+//! Parses flags, loads and validates the configuration file (tether's own format or KubeEdge's
+//! `cloudcore.yaml`, see `settings`), sets up logging and TLS, binds the listeners, then hands
+//! them to `tunnel-session`'s tunnel server and `stream-server`'s kubelet API server, which
+//! share one session registry. SIGTERM or Ctrl-C drains both. `cloudstream certs …` writes
+//! the certificates a deployment needs instead.
 
+/// jemalloc rather than the system allocator: glibc's malloc keeps the memory of sessions
+/// that have left (fragmentation across its arenas), so a cloud that once held thousands of
+/// edges never shrank; jemalloc's background threads return freed pages to the OS.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+mod certs;
 mod config;
+mod settings;
+mod tether_file;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
-use stream_server::{StreamServer, StreamServerConfig};
+use clap::{Parser, Subcommand};
+use stream_server::StreamServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tunnel_session::Registry;
-use tunnel_session::server::{TunnelServer, TunnelServerConfig};
+use tunnel_session::server::TunnelServer;
 use tunnel_session::tls::{self, TlsFiles};
 
+use crate::tether_file::LogFormat;
+
 /// The cloud end of the tether tunnel (KubeEdge CloudStream compatible).
+///
+/// Without a subcommand, runs from --config: tether's own format (apiVersion:
+/// tether.io/v1alpha1, kind: CloudStream) or KubeEdge's cloudcore.yaml. Flags and their
+/// environment variables override the file. See docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// KubeEdge cloudcore.yaml to read `modules.cloudStream` from.
-    #[arg(long, env = "CLOUDSTREAM_CONFIG")]
-    config: PathBuf,
-    /// Address for the edge tunnel listener (default: all interfaces, `tunnelPort`).
-    #[arg(long, env = "CLOUDSTREAM_TUNNEL_ADDR")]
-    tunnel_addr: Option<SocketAddr>,
-    /// Address for the kubelet API listener (default: all interfaces, `streamPort`).
-    #[arg(long, env = "CLOUDSTREAM_STREAM_ADDR")]
-    stream_addr: Option<SocketAddr>,
-    /// Address for the admin listener (`/metrics`, `/healthz`, `/readyz`); off when unset.
-    #[arg(long, env = "CLOUDSTREAM_ADMIN_ADDR")]
-    admin_addr: Option<SocketAddr>,
-    /// Per-stream buffer and window in bytes.
-    #[arg(long, env = "CLOUDSTREAM_STREAM_WINDOW")]
-    stream_window: Option<u32>,
-    /// Seconds a stock-KubeEdge edge may leave a stream's buffer full before that stream is
-    /// closed.
-    #[arg(long, env = "CLOUDSTREAM_STALL_LIMIT")]
-    stall_limit: Option<u64>,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "CLOUDSTREAM_LOG_FORMAT")]
-    log_format: LogFormat,
+#[command(version, about, long_about, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file: tether's CloudStream format or KubeEdge's cloudcore.yaml.
+    #[arg(long, env = "CLOUDSTREAM_CONFIG", value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: settings::Flags,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a CA, server, kube-apiserver client and node certificates as PEM files.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
-    init_tracing(args.log_format);
+    let cli = Cli::parse();
+    if let Some(Command::Certs(args)) = &cli.command {
+        return certs::run(args);
+    }
+    let config = cli.config.context("--config is required")?;
+    let settings = settings::load(&config, &cli.flags)?;
+    init_tracing(
+        settings.log.format,
+        &settings.log.filter(std::env::var("RUST_LOG").ok()),
+    );
+    for warning in &settings.warnings {
+        warn!("{warning}");
+    }
     tls::install_default_provider();
 
-    let settings = config::load_cloudcore(&args.config)?;
-    config::check_readable(&settings)?;
-    let tunnel_tls = tls::server_config(&tls_files(&settings.tunnel), &[b"http/1.1"])
-        .context("tunnel TLS (modules.cloudStream.tlsTunnel*)")?;
-    let stream_tls = tls::server_config(&tls_files(&settings.stream), &[b"h2", b"http/1.1"])
-        .context("stream TLS (modules.cloudStream.tlsStream*)")?;
-    let tunnel_addr = args
-        .tunnel_addr
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], settings.tunnel_port)));
-    let stream_addr = args
-        .stream_addr
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], settings.stream_port)));
-
-    let mut tunnel_config = TunnelServerConfig::default();
-    if let Some(window) = args.stream_window {
-        tunnel_config.session.stream_window = window;
-    }
-    if let Some(secs) = args.stall_limit {
-        tunnel_config.session.stall_limit = Duration::from_secs(secs);
-    }
-    tunnel_config
-        .session
-        .validate()
-        .map_err(|e| anyhow::anyhow!("session settings: {e}"))?;
+    let cs = &settings.cloud_stream;
+    let tunnel_tls = tls::server_config(&tls_files(&cs.tunnel), &[b"http/1.1"])
+        .with_context(|| format!("tunnel TLS ({}.tlsTunnel*)", cs.section))?;
+    let stream_tls = tls::server_config(&tls_files(&cs.stream), &[b"h2", b"http/1.1"])
+        .with_context(|| format!("stream TLS ({}.tlsStream*)", cs.section))?;
+    info!(
+        config = %settings.source.display(),
+        format = ?settings.format,
+        tunnel = %settings.tunnel_addr,
+        stream = %settings.stream_addr,
+        "starting"
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
+        let (tunnel_addr, stream_addr) = (settings.tunnel_addr, settings.stream_addr);
         let tunnel_listener = TcpListener::bind(tunnel_addr)
             .await
             .with_context(|| format!("binding the tunnel listener on {tunnel_addr}"))?;
         let stream_listener = TcpListener::bind(stream_addr)
             .await
             .with_context(|| format!("binding the stream listener on {stream_addr}"))?;
-        let admin_listener = match args.admin_addr {
+        let admin_listener = match settings.admin_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await
@@ -119,10 +120,11 @@ fn main() -> Result<()> {
         let shutdown = CancellationToken::new();
         let metrics = admin::Metrics::new();
         let readiness = admin::Readiness::new();
-        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), tunnel_config)
+        let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), settings.tunnel_server)
             .with_observer(Arc::new(metrics.clone()));
-        let stream = StreamServer::new(stream_tls, registry.clone(), StreamServerConfig::default())
+        let stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
             .with_observer(Arc::new(metrics.clone()));
+        let stream = with_pod_resolver(stream, settings.pod_kubeconfig.as_deref()).await?;
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));
         let sampler = tokio::spawn(admin::sample_rtt(
@@ -172,8 +174,33 @@ fn tls_files(paths: &config::TlsPaths) -> TlsFiles {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Finds pods' nodes through the Kubernetes API when configured (`podResolver`).
+#[cfg(feature = "k8s")]
+async fn with_pod_resolver(
+    stream: StreamServer,
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<StreamServer> {
+    let Some(path) = kubeconfig else {
+        return Ok(stream);
+    };
+    let resolver = stream_server::pods::kube::KubePodResolver::from_kubeconfig(path)
+        .await
+        .with_context(|| format!("podResolver.kubeconfig {}", path.display()))?;
+    Ok(stream.with_pod_resolver(Arc::new(resolver)))
+}
+
+/// Without the `k8s` feature `settings` refuses `podResolver`, so there is nothing to add.
+#[cfg(not(feature = "k8s"))]
+async fn with_pod_resolver(
+    stream: StreamServer,
+    _kubeconfig: Option<&std::path::Path>,
+) -> Result<StreamServer> {
+    Ok(stream)
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    // `settings` checked the filter; a bad one here would be RUST_LOG, so fall back to info.
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

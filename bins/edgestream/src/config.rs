@@ -1,9 +1,11 @@
 //! Settings of `edgestream`, read from the `modules.edgeStream` and `modules.edged` sections
 //! of KubeEdge's own `edgecore.yaml`.
 //!
-//! How this fits: on an edge node that runs (or ran) edgecore, `main` calls [`load_edgecore`]
-//! and then [`check_readable`] before dialling the cloud, and converts the [`TlsPaths`] into
-//! `tunnel_session::tls::TlsFiles`. The node name (`hostnameOverride`), node IP and the local
+//! How this fits: on an edge node that runs (or ran) edgecore, `settings` detects the format,
+//! calls [`load_edgecore`] (or builds the same [`EdgeStreamSettings`] from tether's own format)
+//! and [`check_readable`] before dialling the cloud. `enable` is read but not required:
+//! edgecore's own EdgeStream must be *off* while edgestream runs from the same file, so
+//! `enable: true` only earns a warning. The node name (`hostnameOverride`), node IP and the local
 //! kubelet (edged) address come from `modules.edged`, exactly as edgecore's own EdgeStream
 //! takes them. Only those keys are read; every other module and key is ignored. Defaults are
 //! KubeEdge's (`NewDefaultEdgeCoreConfig`). Every error names the key path and the file.
@@ -24,9 +26,25 @@ use yaml_serde::Value;
 /// The API group of `edgecore.yaml` (`edgecore.config.kubeedge.io/v1alpha2`).
 const API_GROUP: &str = "edgecore.config.kubeedge.io";
 /// The tunnel section this binary reads.
-const SECTION: &str = "modules.edgeStream";
+pub const SECTION: &str = "modules.edgeStream";
 /// The kubelet section the node identity and the local kubelet address come from.
 const EDGED: &str = "modules.edged";
+/// KubeEdge's default `server`.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:10004";
+/// KubeEdge's default `tlsTunnelCAFile`.
+pub const DEFAULT_TUNNEL_CA: &str = "/etc/kubeedge/ca/rootCA.crt";
+/// KubeEdge's default `tlsTunnelCertFile`.
+pub const DEFAULT_TUNNEL_CERT: &str = "/etc/kubeedge/certs/server.crt";
+/// KubeEdge's default `tlsTunnelPrivateKeyFile`.
+pub const DEFAULT_TUNNEL_KEY: &str = "/etc/kubeedge/certs/server.key";
+/// KubeEdge's default `handshakeTimeout`, in seconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 30;
+/// KubeEdge's default `readDeadline`, in seconds.
+pub const DEFAULT_READ_DEADLINE_SECS: u64 = 15;
+/// KubeEdge's default `writeDeadline`, in seconds.
+pub const DEFAULT_WRITE_DEADLINE_SECS: u64 = 15;
+/// KubeEdge's default `tailoredKubeletConfig.readOnlyPort`.
+pub const DEFAULT_KUBELET_PORT: u16 = 10350;
 
 /// The TLS files of the tunnel client, as configured (plain data, not yet read).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +63,12 @@ pub struct TlsPaths {
 pub struct EdgeStreamSettings {
     /// The file these settings were read from, for error messages.
     pub source: PathBuf,
+    /// Dotted path of the tunnel section (`modules.edgeStream` in `edgecore.yaml`,
+    /// `edgeStream` in tether's format), for error messages.
+    pub section: &'static str,
+    /// `enable` of the section: `true` means edgecore runs its own EdgeStream from this file
+    /// too, which conflicts with edgestream (two tunnels for one node).
+    pub module_enabled: bool,
     /// The cloud's tunnel endpoint, `host:port` (`server`, default `127.0.0.1:10004`).
     pub server: String,
     /// TLS files of the tunnel client (`tlsTunnel*File`).
@@ -92,11 +116,6 @@ pub enum ConfigError {
         /// What is wrong with it.
         problem: String,
     },
-    /// `modules.edgeStream.enable` is not `true`.
-    Disabled {
-        /// The configuration file.
-        file: PathBuf,
-    },
     /// A TLS file named by the configuration cannot be read.
     TlsFile {
         /// The configuration file.
@@ -118,11 +137,6 @@ impl fmt::Display for ConfigError {
             Self::Invalid { file, key, problem } => {
                 write!(f, "{key}: {problem} (in {})", file.display())
             }
-            Self::Disabled { file } => write!(
-                f,
-                "edgeStream is disabled in {}: set {SECTION}.enable: true to run edgestream",
-                file.display()
-            ),
             Self::TlsFile {
                 file,
                 key,
@@ -143,9 +157,11 @@ impl std::error::Error for ConfigError {}
 /// Reads `modules.edgeStream` and `modules.edged` from an `edgecore.yaml`.
 ///
 /// Fails if the file cannot be read or parsed, if a key has the wrong type or an impossible
-/// value (naming the key path and the file), if `modules.edgeStream.enable` is not `true`
-/// (`keadm join` leaves it `false`), or if `modules.edged.hostnameOverride` is missing. The TLS
-/// files are not opened here; see [`check_readable`].
+/// value (naming the key path and the file), or if `modules.edged.hostnameOverride` is missing.
+/// `modules.edgeStream.enable` is reported in [`EdgeStreamSettings::module_enabled`], never
+/// required (`keadm join` leaves it `false`, which is what edgestream wants). The TLS files are
+/// not opened here; see [`check_readable`].
+#[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
 pub fn load_edgecore(path: &Path) -> Result<EdgeStreamSettings, ConfigError> {
     let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
         file: path.to_owned(),
@@ -154,14 +170,11 @@ pub fn load_edgecore(path: &Path) -> Result<EdgeStreamSettings, ConfigError> {
     parse_edgecore(&text, path)
 }
 
-fn parse_edgecore(text: &str, file: &Path) -> Result<EdgeStreamSettings, ConfigError> {
+/// [`load_edgecore`] for a file already read.
+pub fn parse_edgecore(text: &str, file: &Path) -> Result<EdgeStreamSettings, ConfigError> {
     let doc = Doc::parse(text, file)?;
     doc.check_api_group(API_GROUP)?;
-    if !doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false) {
-        return Err(ConfigError::Disabled {
-            file: file.to_owned(),
-        });
-    }
+    let module_enabled = doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false);
     let key = |name: &str| format!("{SECTION}.{name}");
     let path = |name: &str, default: &str| -> Result<PathBuf, ConfigError> {
         Ok(doc
@@ -176,7 +189,7 @@ fn parse_edgecore(text: &str, file: &Path) -> Result<EdgeStreamSettings, ConfigE
 
     let server_key = key("server");
     let server = match doc.string(&server_key)? {
-        None => "127.0.0.1:10004".to_owned(),
+        None => DEFAULT_SERVER.to_owned(),
         Some(s) => {
             check_host_port(&s).map_err(|problem| doc.invalid(&server_key, problem))?;
             s
@@ -189,15 +202,17 @@ fn parse_edgecore(text: &str, file: &Path) -> Result<EdgeStreamSettings, ConfigE
 
     Ok(EdgeStreamSettings {
         source: file.to_owned(),
+        section: SECTION,
+        module_enabled,
         server,
         tunnel: TlsPaths {
-            ca: path("tlsTunnelCAFile", "/etc/kubeedge/ca/rootCA.crt")?,
-            cert: path("tlsTunnelCertFile", "/etc/kubeedge/certs/server.crt")?,
-            key: path("tlsTunnelPrivateKeyFile", "/etc/kubeedge/certs/server.key")?,
+            ca: path("tlsTunnelCAFile", DEFAULT_TUNNEL_CA)?,
+            cert: path("tlsTunnelCertFile", DEFAULT_TUNNEL_CERT)?,
+            key: path("tlsTunnelPrivateKeyFile", DEFAULT_TUNNEL_KEY)?,
         },
-        handshake_timeout: seconds("handshakeTimeout", 30)?,
-        read_deadline: seconds("readDeadline", 15)?,
-        write_deadline: seconds("writeDeadline", 15)?,
+        handshake_timeout: seconds("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT_SECS)?,
+        read_deadline: seconds("readDeadline", DEFAULT_READ_DEADLINE_SECS)?,
+        write_deadline: seconds("writeDeadline", DEFAULT_WRITE_DEADLINE_SECS)?,
         node_name,
         node_ip,
         kubelet_addr,
@@ -253,7 +268,7 @@ fn kubelet_addr(doc: &Doc<'_>) -> Result<SocketAddr, ConfigError> {
     };
     let port_key = format!("{EDGED}.tailoredKubeletConfig.readOnlyPort");
     let kubelet_port = match doc.get(&port_key)? {
-        None => 10350,
+        None => DEFAULT_KUBELET_PORT,
         Some(value) => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
             Some(0) => {
                 return Err(doc.invalid(
@@ -278,7 +293,7 @@ fn kubelet_addr(doc: &Doc<'_>) -> Result<SocketAddr, ConfigError> {
 }
 
 /// Accepts `host:port` and `[v6]:port` with a port from 1 to 65535.
-fn check_host_port(value: &str) -> Result<(), String> {
+pub fn check_host_port(value: &str) -> Result<(), String> {
     let wrong =
         || format!("expected host:port (e.g. cloudcore.example.com:10004), found {value:?}");
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
@@ -306,7 +321,7 @@ fn check_host_port(value: &str) -> Result<(), String> {
 
 /// Kubernetes node names are DNS-1123 subdomains; anything else cannot be registered, so it is
 /// refused here instead of surfacing as a mysterious tunnel refusal.
-fn check_node_name(name: &str) -> Result<(), String> {
+pub fn check_node_name(name: &str) -> Result<(), String> {
     let valid = name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
@@ -348,7 +363,7 @@ pub fn check_readable(
     for (name, path) in files {
         check_file(path).map_err(|error| ConfigError::TlsFile {
             file: settings.source.clone(),
-            key: format!("{SECTION}.{name}"),
+            key: format!("{}.{name}", settings.section),
             path: path.clone(),
             error,
         })?;
@@ -357,7 +372,7 @@ pub fn check_readable(
 }
 
 /// Opens a file for reading (and refuses a directory, which `open` alone would accept).
-fn check_file(path: &Path) -> io::Result<()> {
+pub fn check_file(path: &Path) -> io::Result<()> {
     let file = fs::File::open(path)?;
     if file.metadata()?.is_dir() {
         return Err(io::Error::other("is a directory, not a file"));
@@ -568,6 +583,8 @@ mod tests {
             settings,
             EdgeStreamSettings {
                 source: file,
+                section: SECTION,
+                module_enabled: true,
                 server: "192.168.33.10:10004".to_owned(),
                 tunnel: TlsPaths {
                     ca: "/etc/kubeedge/ca/rootCA.crt".into(),
@@ -585,13 +602,18 @@ mod tests {
     }
 
     #[test]
-    fn keadm_join_default_has_edge_stream_disabled() {
+    fn keadm_join_default_with_edge_stream_disabled_is_read() {
+        // What edgestream wants: edgecore's own EdgeStream off, the same file read here.
         let file = fixture("edgecore-edgestream-disabled.yaml");
-        let err = load_edgecore(&file).unwrap_err();
-        assert!(matches!(err, ConfigError::Disabled { .. }), "{err}");
-        let message = err.to_string();
-        assert!(message.contains("edgeStream is disabled"), "{message}");
-        assert!(message.contains(&file.display().to_string()), "{message}");
+        let settings = load_edgecore(&file).unwrap();
+        assert!(!settings.module_enabled);
+        let without_section = parse_edgecore(
+            "modules:\n  edged:\n    hostnameOverride: edge-1\n",
+            Path::new(FILE),
+        )
+        .unwrap();
+        assert!(!without_section.module_enabled);
+        assert_eq!(without_section.server, DEFAULT_SERVER);
     }
 
     #[test]

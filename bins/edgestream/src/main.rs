@@ -1,132 +1,102 @@
 //! `edgestream`: the edge end of the tether tunnel.
 //!
-//! Parses flags and `edgecore.yaml`, sets up logging and TLS, then hands everything to
+//! Parses flags, loads and validates the configuration file (tether's own format or KubeEdge's
+//! `edgecore.yaml`, see `settings`), sets up logging and TLS, then hands everything to
 //! `edge_stream::run`, which keeps the tunnel up and serves the cloud's streams from the
 //! node's kubelet. SIGTERM or Ctrl-C drains.
 
-mod config;
+/// jemalloc rather than the system allocator: glibc's malloc keeps the memory of sessions
+/// that have left (fragmentation across its arenas), so a cloud that once held thousands of
+/// edges never shrank; jemalloc's background threads return freed pages to the OS.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::time::Duration;
+mod config;
+mod settings;
+#[path = "../../cloudstream/src/tether_file.rs"]
+mod tether_file;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use edge_stream::{EdgeConfig, KubeletTarget, Operations, TunnelStatus};
+use edge_stream::{EdgeConfig, KubeletTarget, TunnelStatus};
+use rustls::pki_types::ServerName;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use tunnel_session::NodeIdentity;
 use tunnel_session::client::DialConfig;
 use tunnel_session::tls::{self, TlsFiles};
-use tunnel_session::{NodeIdentity, SessionConfig};
+
+use crate::tether_file::LogFormat;
 
 /// The edge end of the tether tunnel (KubeEdge EdgeStream compatible).
+///
+/// Runs from --config: tether's own format (apiVersion: tether.io/v1alpha1, kind: EdgeStream)
+/// or KubeEdge's edgecore.yaml. Flags and their environment variables override the file. See
+/// docs/configuration.md.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
-    /// KubeEdge edgecore.yaml to read `modules.edgeStream` and `modules.edged` from.
-    #[arg(long, env = "EDGESTREAM_CONFIG")]
-    config: std::path::PathBuf,
-    /// Accept any cloud certificate (stock edgecore's behaviour). Logged as a warning.
-    #[arg(long, env = "EDGESTREAM_INSECURE_SKIP_VERIFY")]
-    insecure_skip_verify: bool,
-    /// Speak only the KubeEdge dialect, even to a tether cloud.
-    #[arg(long, env = "EDGESTREAM_KUBEEDGE_ONLY")]
-    kubeedge_only: bool,
-    /// Operations to refuse with 403 (repeatable): logs, exec, attach, port-forward, metrics.
-    #[arg(
-        long = "disable",
-        value_enum,
-        env = "EDGESTREAM_DISABLE",
-        value_delimiter = ','
-    )]
-    disable: Vec<OperationArg>,
-    /// Address for the admin listener (`/metrics`, `/healthz`, `/readyz`); off when unset.
-    #[arg(long, env = "EDGESTREAM_ADMIN_ADDR")]
-    admin_addr: Option<std::net::SocketAddr>,
-    /// Per-stream buffer and window in bytes.
-    #[arg(long, env = "EDGESTREAM_STREAM_WINDOW")]
-    stream_window: Option<u32>,
-    /// Seconds a stock-KubeEdge cloud may leave a stream's buffer full before that stream
-    /// is closed.
-    #[arg(long, env = "EDGESTREAM_STALL_LIMIT")]
-    stall_limit: Option<u64>,
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "EDGESTREAM_LOG_FORMAT")]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OperationArg {
-    Logs,
-    Exec,
-    Attach,
-    PortForward,
-    Metrics,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// Configuration file: tether's EdgeStream format or KubeEdge's edgecore.yaml.
+    #[arg(long, env = "EDGESTREAM_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+    #[command(flatten)]
+    flags: settings::Flags,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format);
+    let settings = settings::load(&args.config, &args.flags)?;
+    init_tracing(
+        settings.log.format,
+        &settings.log.filter(std::env::var("RUST_LOG").ok()),
+    );
+    for warning in &settings.warnings {
+        warn!("{warning}");
+    }
     tls::install_default_provider();
 
-    let settings = config::load_edgecore(&args.config)?;
-    let verify_server = !args.insecure_skip_verify;
-    config::check_readable(&settings, verify_server)?;
+    let es = &settings.edge_stream;
     let files = TlsFiles {
-        ca: settings.tunnel.ca.clone(),
-        cert: settings.tunnel.cert.clone(),
-        key: settings.tunnel.key.clone(),
+        ca: es.tunnel.ca.clone(),
+        cert: es.tunnel.cert.clone(),
+        key: es.tunnel.key.clone(),
     };
-    let client_tls = tls::client_config(&files, verify_server)
-        .context("tunnel TLS (modules.edgeStream.tlsTunnel*)")?;
-
-    let mut session = SessionConfig {
-        write_deadline: settings.write_deadline,
-        ..SessionConfig::default()
-    };
-    if let Some(window) = args.stream_window {
-        session.stream_window = window;
-    }
-    if let Some(secs) = args.stall_limit {
-        session.stall_limit = Duration::from_secs(secs);
-    }
-    session
-        .validate()
-        .map_err(|e| anyhow::anyhow!("session settings: {e}"))?;
+    let client_tls = tls::client_config(&files, !settings.insecure_skip_verify)
+        .with_context(|| format!("tunnel TLS ({}.tlsTunnel*)", es.section))?;
     let dial = DialConfig {
-        server: settings.server.clone(),
+        server: es.server.clone(),
         tls: client_tls,
         node: NodeIdentity {
-            name: settings.node_name.clone(),
-            ip: settings.node_ip,
+            name: es.node_name.clone(),
+            ip: es.node_ip,
         },
-        handshake_timeout: settings.handshake_timeout,
-        session,
-        offer_tether2: !args.kubeedge_only,
+        handshake_timeout: es.handshake_timeout,
+        session: settings.session.clone(),
+        offer_tether2: !settings.kubeedge_only,
     };
     let mut edge = EdgeConfig::new(dial);
     edge.kubelet = KubeletTarget {
-        addr: settings.kubelet_addr.to_string(),
-        ..KubeletTarget::default()
+        addr: settings.kubelet_addr.clone(),
+        tls: match &settings.kubelet_tls {
+            Some(t) => Some(kubelet_tls(t)?),
+            None => None,
+        },
+        connect_timeout: settings.kubelet_connect_timeout,
     };
-    edge.operations = Operations {
-        logs: !args.disable.contains(&OperationArg::Logs),
-        exec: !args.disable.contains(&OperationArg::Exec),
-        attach: !args.disable.contains(&OperationArg::Attach),
-        port_forward: !args.disable.contains(&OperationArg::PortForward),
-        metrics: !args.disable.contains(&OperationArg::Metrics),
-    };
+    edge.operations = settings.operations;
+    edge.backoff = settings.backoff;
+    edge.drain_grace = settings.drain_grace;
     edge.validate()?;
     info!(
-        node = %settings.node_name,
-        server = %settings.server,
+        node = %es.node_name,
+        server = %es.server,
         kubelet = %settings.kubelet_addr,
         config = %settings.source.display(),
+        format = ?settings.format,
         "starting"
     );
 
@@ -138,7 +108,7 @@ fn main() -> Result<()> {
         let metrics = admin::Metrics::new();
         let readiness = admin::Readiness::new();
         let admin_stop = CancellationToken::new();
-        let admin_task = match args.admin_addr {
+        let admin_task = match settings.admin_addr {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -208,8 +178,31 @@ async fn report_status(
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// HTTPS towards a stock kubelet: its CA, and our client certificate if configured.
+fn kubelet_tls(
+    t: &settings::KubeletTls,
+) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>)> {
+    let roots = tls::load_ca(&t.ca).context("kubelet.tls.caFile")?;
+    let builder = rustls::ClientConfig::builder_with_provider(tls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("kubelet TLS")?
+        .with_root_certificates(roots);
+    let config = match &t.client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                tls::load_certs(cert).context("kubelet.tls.certFile")?,
+                tls::load_private_key(key).context("kubelet.tls.privateKeyFile")?,
+            )
+            .context("kubelet.tls.certFile / privateKeyFile")?,
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from(t.server_name.clone()).context("kubelet.tls.serverName")?;
+    Ok((Arc::new(config), name))
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    // `settings` checked the filter; a bad one here would be RUST_LOG, so fall back to info.
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

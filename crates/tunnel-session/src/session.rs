@@ -526,7 +526,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         Dialect::Tether2 => DataKind::Binary,
     };
     let opcode = ws::data_opcode(data_kind);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    // Allocated when there is something to write and released when the queue runs dry, so
+    // an idle session holds no write buffer.
+    let mut out = BytesMut::new();
     let period = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -574,9 +576,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 ));
             }
         }
-        out.clear();
-        if out.capacity() > 2 * WRITE_BATCH {
-            out = BytesMut::with_capacity(16 * 1024);
+        if data_rx.is_empty() || out.capacity() > 2 * WRITE_BATCH {
+            out = BytesMut::new();
+        } else {
+            out.clear();
         }
     }
 }

@@ -46,11 +46,11 @@ pub(crate) enum WsEvent {
     Close,
 }
 
-/// Smallest read we ask the socket for. Idle sessions keep at most this much allocated.
-const READ_CHUNK: usize = 8 * 1024;
-/// Above this capacity an empty read buffer is released, so that one large message does not
-/// pin memory on an otherwise idle session (thousands of sessions share one process).
-const SHRINK_ABOVE: usize = 64 * 1024;
+/// Room for the next read while the tunnel is quiet: pings and small messages fit, and an
+/// idle session (thousands share one process) holds no more than this.
+const IDLE_READ: usize = 1024;
+/// Room for the next read while data is flowing (the last read filled the room it had).
+const BUSY_READ: usize = 64 * 1024;
 /// RFC 6455 §5.5: control frames carry at most 125 bytes.
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -62,12 +62,14 @@ pub(crate) struct FrameReader<R> {
     max_message: usize,
     /// A fragmented data message being assembled.
     partial: Option<(DataKind, BytesMut)>,
+    /// The last read filled all the room it had: more is probably waiting.
+    busy: bool,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// `leftover` holds bytes that were read past the HTTP handshake.
     pub(crate) fn new(io: R, role: WsRole, max_message: usize, leftover: Bytes) -> Self {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK.max(leftover.len()));
+        let mut buf = BytesMut::with_capacity(IDLE_READ.max(leftover.len()));
         buf.extend_from_slice(&leftover);
         FrameReader {
             io,
@@ -75,6 +77,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             role,
             max_message,
             partial: None,
+            busy: false,
         }
     }
 
@@ -84,11 +87,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(event) = self.parse_one()? {
                 return Ok(Some(event));
             }
-            if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
-                self.buf = BytesMut::with_capacity(READ_CHUNK);
+            let want = if self.busy { BUSY_READ } else { IDLE_READ };
+            if self.buf.is_empty() && self.buf.capacity() > want {
+                // Let go of a large buffer (one big message, a burst) once it is drained.
+                self.buf = BytesMut::new();
             }
-            self.buf.reserve(READ_CHUNK);
+            self.buf.reserve(want);
+            let room = self.buf.capacity() - self.buf.len();
             let n = self.io.read_buf(&mut self.buf).await?;
+            self.busy = n == room;
             if n == 0 {
                 if self.buf.is_empty() && self.partial.is_none() {
                     return Ok(None);
