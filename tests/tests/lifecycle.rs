@@ -94,6 +94,36 @@ async fn admin_endpoints_answer_as_documented() {
 
     let (_, _, text) = admin_get(edge_admin, "/metrics").await;
     assert!(text.contains("tether_tunnel_up 1"), "{text}");
+
+    // And with curl, as docs/operations.md shows it.
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "curl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        curl(&["-s", &format!("http://{cloud_admin}/healthz")]),
+        "ok\n"
+    );
+    let code = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{cloud_admin}/readyz"),
+    ]);
+    assert_eq!(code, "200");
+    let metrics = curl(&["-s", &format!("http://{cloud_admin}/metrics")]);
+    assert!(
+        metrics.lines().any(|l| l == "tether_sessions 1"),
+        "{metrics}"
+    );
+    let head = curl(&["-s", "-I", &format!("http://{edge_admin}/readyz")]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
