@@ -23,6 +23,9 @@ use crate::error::Error;
 use crate::kubelet::Kubelet;
 use crate::serve::Connector;
 
+/// How long a new tether/2 session waits for the cloud's first frame before it is reported
+/// connected anyway.
+const REGISTERED_WAIT: Duration = Duration::from_secs(5);
 /// After the drain grace, how long cut handlers and closed sessions get to wind down.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -176,8 +179,6 @@ impl Edge {
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let dialect = session.dialect();
-        info!(%dialect, "tunnel to the cloud open");
-        self.publish(TunnelStatus::Connected { dialect });
         let span = info_span!("session", node = %session.node().name, %dialect);
         self.sessions.spawn(
             async move {
@@ -187,6 +188,18 @@ impl Edge {
             }
             .instrument(span),
         );
+        // A tether cloud pings as soon as it has registered the session, so the first frame
+        // means requests can reach this node. A stock cloud never pings; with it the 101 is
+        // all there is.
+        if dialect == Dialect::Tether2 {
+            let wait = tokio::time::timeout(REGISTERED_WAIT, session.heard_from_peer());
+            tokio::select! {
+                () = shutdown.cancelled() => return SessionEnd::Shutdown(session),
+                _ = wait => {}
+            }
+        }
+        info!(%dialect, "tunnel to the cloud open");
+        self.publish(TunnelStatus::Connected { dialect });
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return SessionEnd::Shutdown(session),

@@ -56,6 +56,8 @@ pub async fn tls_connect(
     let tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
+    // Small interactive writes (exec stdin) must not wait for Nagle's algorithm.
+    tcp.set_nodelay(true)?;
     let name = ServerName::try_from(server_name.to_owned())
         .with_context(|| format!("invalid server name {server_name:?}"))?;
     TlsConnector::from(config)

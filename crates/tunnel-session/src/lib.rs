@@ -30,6 +30,9 @@ pub mod stream;
 pub mod tls;
 mod ws;
 
+/// The wire types streams are opened with (`ConnectRequest`, `GoUrl`, `OpenResult`, …).
+pub use stream_proto;
+
 pub use config::SessionConfig;
 pub use dialect::{Dialect, NodeIdentity, Role};
 pub use error::{Error, Result};

@@ -332,6 +332,10 @@ impl TunnelServer {
             self.observer.refused(Refusal::IpConflict);
             return;
         }
+        // Requests can reach the node from now on; the first frame tells a tether edge so.
+        if session.dialect() == Dialect::Tether2 {
+            session.ping_now();
+        }
         info!(node = %session.node(), dialect = %session.dialect(), "session started");
         self.observer.session_started(&session);
         if stop.is_cancelled() {

@@ -94,6 +94,8 @@ impl SessionStats {
 struct ControlQueue {
     /// Only the latest ping needs an answer (RFC 6455 §5.5.3).
     pong: Option<Bytes>,
+    /// Send a ping now, outside the regular interval.
+    ping: bool,
     messages: VecDeque<Message>,
 }
 
@@ -129,6 +131,9 @@ pub(crate) struct Shared {
     draining_changed: Notify,
     /// Notified whenever the last open stream goes away.
     idle: Notify,
+    /// Set, and `heard_changed` notified, when the first frame arrives from the peer.
+    heard: AtomicBool,
+    heard_changed: Notify,
     pub(crate) stats: SessionStats,
     epoch: Instant,
     last_received: AtomicU64,
@@ -151,6 +156,11 @@ impl Shared {
         }
         q.messages.push_back(msg);
         drop(q);
+        self.control_ready.notify_one();
+    }
+
+    fn push_ping(&self) {
+        lock(&self.control).ping = true;
         self.control_ready.notify_one();
     }
 
@@ -326,6 +336,8 @@ impl Session {
             draining: AtomicBool::new(false),
             draining_changed: Notify::new(),
             idle: Notify::new(),
+            heard: AtomicBool::new(false),
+            heard_changed: Notify::new(),
             stats: SessionStats::default(),
             epoch: Instant::now(),
             last_received: AtomicU64::new(0),
@@ -381,6 +393,24 @@ impl Session {
         loop {
             let notified = self.shared.draining_changed.notified();
             if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends a websocket ping now. The cloud does this as soon as a session is registered:
+    /// an edge that waits for the first frame (see [`Session::heard_from_peer`]) then knows
+    /// the cloud can route requests to it.
+    pub fn ping_now(&self) {
+        self.shared.push_ping();
+    }
+
+    /// Resolves once the first frame (of any kind) has arrived from the peer.
+    pub async fn heard_from_peer(&self) {
+        loop {
+            let notified = self.shared.heard_changed.notified();
+            if self.shared.heard.load(Ordering::Acquire) || self.is_closed() {
                 return;
             }
             notified.await;
@@ -491,6 +521,7 @@ impl SessionDriver {
             Err(e) => e.to_string(),
         };
         shared.close(&reason);
+        shared.heard_changed.notify_waiters();
         shared.budget.close();
         shared.fail_all();
         drop(incoming_tx);
@@ -547,6 +578,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         {
             let mut q = lock(&shared.control);
+            if std::mem::take(&mut q.ping) {
+                let stamp = shared.now_micros().to_be_bytes();
+                ws::encode_frame(&mut out, role, ws::PING, &[&stamp]);
+            }
             if let Some(pong) = q.pong.take() {
                 ws::encode_frame(&mut out, role, ws::PONG, &[&pong]);
             }
@@ -614,6 +649,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         shared
             .last_received
             .store(shared.now_micros(), Ordering::Relaxed);
+        if !shared.heard.swap(true, Ordering::AcqRel) {
+            shared.heard_changed.notify_waiters();
+        }
         match event {
             WsEvent::Message(_kind, payload) => {
                 // Both opcodes are accepted from every peer: stock peers use TEXT, tether/2

@@ -432,6 +432,8 @@ async fn accept_loop(listener: TcpListener, acceptor: Option<TlsAcceptor>, share
             },
             () = shared.cancel.cancelled() => return,
         };
+        // Like the kubelet (Go sets TCP_NODELAY by default): small writes go out at once.
+        let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
         let acceptor = acceptor.clone();
         shared.tracker.spawn(async move {
