@@ -36,12 +36,14 @@ use tunnel_session::server::{TunnelObserver, TunnelServer, TunnelServerConfig};
 use tunnel_session::tls;
 use tunnel_session::{ConnectKind, NodeKey, Registry, Session, SessionDirectory};
 
-/// The one edge node of this example, and the internal IP it announces.
+/// The one edge node of this example.
 const NODE: &str = "edge-1";
+/// The internal IP `NODE` announces (TEST-NET-1, a label only).
 const NODE_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11));
 /// Bound on every wait; only reached when something is broken.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// Builds the cloud side by hand, uses it once each way, and shuts down.
 #[tokio::main]
 async fn main() -> Result<()> {
     init_tracing("warn");

@@ -69,6 +69,7 @@ to try) until Ctrl-C.
 
 RUST_LOG=info shows the servers' logs (default: warn).";
 
+/// Parses the flags, sets up logging and runs the demo.
 #[tokio::main]
 async fn main() -> Result<()> {
     let Some(once) = parse_args()? else {
@@ -108,6 +109,7 @@ struct Demo {
     logger: tokio::task::JoinHandle<()>,
 }
 
+/// Sets up, demonstrates, waits for a signal (unless `once`), and shuts down.
 async fn run(once: bool) -> Result<()> {
     // Listen for Ctrl-C / SIGTERM from the very start, so that one arriving during setup or
     // a demonstration also shuts down cleanly (and removes the certificates).
@@ -604,24 +606,29 @@ async fn read_body(body: Incoming) -> Result<Bytes> {
     Ok(bytes.copy_to_bytes(bytes.remaining()))
 }
 
+/// A section header: `== title ==`.
 fn header(title: &str) {
     println!("\n== {title} ==");
 }
 
+/// The request about to cross the tunnel, as the stream server will see it.
 fn request_line(path: &str, host: &str) {
     println!("  GET {path}   (Host: {host})");
 }
 
+/// The exit code a remote command reported, for printing.
 fn exit_text(output: &ExecOutput) -> String {
     output
         .exit_code()
         .map_or_else(|| "unknown".to_owned(), |code| code.to_string())
 }
 
+/// `12.3 ms`.
 fn millis(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `1.23s`.
 fn secs(d: Duration) -> String {
     format!("{:.2}s", d.as_secs_f64())
 }

@@ -547,19 +547,8 @@ fn san(value: &str) -> Result<SanType> {
 /// Kubernetes node names are DNS-1123 subdomains; the name also becomes part of a file name,
 /// so nothing else may pass.
 fn check_node_name(name: &str) -> Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
     ensure!(
-        valid,
+        tether_cli::kubeedge::is_node_name(name),
         "not a valid node name (lower-case letters, digits, '-' and '.', starting and ending \
          with a letter or digit)"
     );

@@ -10,16 +10,14 @@
 //! carry dozens. Defaults are KubeEdge's (`NewDefaultCloudCoreConfig`). Every error names the
 //! key path and the file, so a bad deployment is fixed from the first log line.
 //!
-//! The file is read as a generic YAML tree and walked by key path rather than deserialized into
-//! structs: that is what lets each error name the exact key, and what keeps unknown keys
-//! harmless.
+//! The file is read as a generic YAML tree and walked by key path ([`tether_cli::kubeedge`])
+//! rather than deserialized into structs: that is what lets each error name the exact key, and
+//! what keeps unknown keys harmless.
 
-use std::fmt;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
-use yaml_serde::Value;
+use tether_cli::kubeedge::{self, Doc};
+pub use tether_cli::kubeedge::{ConfigError, TlsPaths};
 
 /// The API group of `cloudcore.yaml` (`cloudcore.config.kubeedge.io/v1alpha1` or `/v1alpha2`).
 const API_GROUP: &str = "cloudcore.config.kubeedge.io";
@@ -42,17 +40,6 @@ pub const DEFAULT_STREAM_CERT: &str = "/etc/kubeedge/certs/stream.crt";
 /// KubeEdge's default `tlsStreamPrivateKeyFile`.
 pub const DEFAULT_STREAM_KEY: &str = "/etc/kubeedge/certs/stream.key";
 
-/// The three TLS files of one listener, as configured (plain data, not yet read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPaths {
-    /// CA that peers' client certificates must chain to.
-    pub ca: PathBuf,
-    /// Our certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Our private key (PEM).
-    pub key: PathBuf,
-}
-
 /// What `cloudstream` needs from `cloudcore.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudStreamSettings {
@@ -74,71 +61,6 @@ pub struct CloudStreamSettings {
     pub stream: TlsPaths,
 }
 
-/// Why the configuration cannot be used. Every message names the file and, where there is one,
-/// the key path.
-#[derive(Debug)]
-pub enum ConfigError {
-    /// The configuration file itself cannot be read.
-    Read {
-        /// The configuration file.
-        file: PathBuf,
-        /// What the OS said.
-        error: io::Error,
-    },
-    /// The configuration file is not valid YAML.
-    Yaml {
-        /// The configuration file.
-        file: PathBuf,
-        /// The parser's message, with line and column.
-        error: yaml_serde::Error,
-    },
-    /// A key holds a value of the wrong type or out of range.
-    Invalid {
-        /// The configuration file.
-        file: PathBuf,
-        /// Dotted key path, e.g. `modules.cloudStream.tunnelPort`.
-        key: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A TLS file named by the configuration cannot be read.
-    TlsFile {
-        /// The configuration file.
-        file: PathBuf,
-        /// Dotted key path of the setting naming the TLS file.
-        key: String,
-        /// The TLS file.
-        path: PathBuf,
-        /// What the OS said.
-        error: io::Error,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Read { file, error } => write!(f, "cannot read {}: {error}", file.display()),
-            Self::Yaml { file, error } => write!(f, "{}: invalid YAML: {error}", file.display()),
-            Self::Invalid { file, key, problem } => {
-                write!(f, "{key}: {problem} (in {})", file.display())
-            }
-            Self::TlsFile {
-                file,
-                key,
-                path,
-                error,
-            } => write!(
-                f,
-                "{key}: {}: {error} (in {})",
-                path.display(),
-                file.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// Reads `modules.cloudStream` from a `cloudcore.yaml`.
 ///
 /// Fails if the file cannot be read or parsed, or if a key has the wrong type (naming the key
@@ -147,11 +69,7 @@ impl std::error::Error for ConfigError {}
 /// see [`check_readable`].
 #[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
 pub fn load_cloudcore(path: &Path) -> Result<CloudStreamSettings, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        file: path.to_owned(),
-        error,
-    })?;
-    parse_cloudcore(&text, path)
+    parse_cloudcore(&kubeedge::read(path)?, path)
 }
 
 /// [`load_cloudcore`] for a file already read.
@@ -196,179 +114,20 @@ pub fn parse_cloudcore(text: &str, file: &Path) -> Result<CloudStreamSettings, C
 /// missing: cloudstream does not share CloudHub's secrets, so they must exist.
 pub fn check_readable(settings: &CloudStreamSettings) -> Result<(), ConfigError> {
     let files = [
-        ("tlsTunnelCAFile", &settings.tunnel.ca),
-        ("tlsTunnelCertFile", &settings.tunnel.cert),
-        ("tlsTunnelPrivateKeyFile", &settings.tunnel.key),
-        ("tlsStreamCAFile", &settings.stream.ca),
-        ("tlsStreamCertFile", &settings.stream.cert),
-        ("tlsStreamPrivateKeyFile", &settings.stream.key),
+        ("tlsTunnelCAFile", settings.tunnel.ca.as_path()),
+        ("tlsTunnelCertFile", settings.tunnel.cert.as_path()),
+        ("tlsTunnelPrivateKeyFile", settings.tunnel.key.as_path()),
+        ("tlsStreamCAFile", settings.stream.ca.as_path()),
+        ("tlsStreamCertFile", settings.stream.cert.as_path()),
+        ("tlsStreamPrivateKeyFile", settings.stream.key.as_path()),
     ];
-    for (name, path) in files {
-        check_file(path).map_err(|error| ConfigError::TlsFile {
-            file: settings.source.clone(),
-            key: format!("{}.{name}", settings.section),
-            path: path.clone(),
-            error,
-        })?;
-    }
-    Ok(())
-}
-
-/// Opens a file for reading (and refuses a directory, which `open` alone would accept).
-pub fn check_file(path: &Path) -> io::Result<()> {
-    let file = fs::File::open(path)?;
-    if file.metadata()?.is_dir() {
-        return Err(io::Error::other("is a directory, not a file"));
-    }
-    Ok(())
-}
-
-/// A parsed YAML document and the file it came from, with typed look-ups by dotted key path.
-struct Doc<'a> {
-    root: Value,
-    file: &'a Path,
-}
-
-impl<'a> Doc<'a> {
-    fn parse(text: &str, file: &'a Path) -> Result<Self, ConfigError> {
-        let mut root: Value = yaml_serde::from_str(text).map_err(|error| ConfigError::Yaml {
-            file: file.to_owned(),
-            error,
-        })?;
-        // Honour `<<: *anchor` merge keys the way Go's YAML library does.
-        root.apply_merge().map_err(|error| ConfigError::Yaml {
-            file: file.to_owned(),
-            error,
-        })?;
-        if !matches!(root, Value::Mapping(_) | Value::Null) {
-            return Err(self::invalid(
-                file,
-                "(top level)",
-                format!("expected a mapping, found {}", describe(&root)),
-            ));
-        }
-        Ok(Self { root, file })
-    }
-
-    fn invalid(&self, key: &str, problem: String) -> ConfigError {
-        invalid(self.file, key, problem)
-    }
-
-    /// The value at `key` (dotted path); `None` when it or a parent is absent or null.
-    fn get(&self, key: &str) -> Result<Option<&Value>, ConfigError> {
-        let mut node = &self.root;
-        let mut walked = String::new();
-        for part in key.split('.') {
-            let map = match node {
-                Value::Null => return Ok(None),
-                Value::Mapping(map) => map,
-                other => {
-                    let at = if walked.is_empty() {
-                        "(top level)"
-                    } else {
-                        &walked
-                    };
-                    let problem = format!("expected a mapping, found {}", describe(other));
-                    return Err(self.invalid(at, problem));
-                }
-            };
-            if !walked.is_empty() {
-                walked.push('.');
-            }
-            walked.push_str(part);
-            match map.get(part) {
-                Some(child) => node = child,
-                None => return Ok(None),
-            }
-        }
-        Ok(match node {
-            Value::Null => None,
-            other => Some(other),
-        })
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.invalid(
-                key,
-                format!("expected true or false, found {}", describe(other)),
-            )),
-        }
-    }
-
-    fn port(&self, key: &str) -> Result<Option<u16>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(value) => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                Some(port) if port > 0 => Ok(Some(port)),
-                _ => Err(self.invalid(
-                    key,
-                    format!(
-                        "expected a port number from 1 to 65535, found {}",
-                        describe(value)
-                    ),
-                )),
-            },
-        }
-    }
-
-    fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Err(self.invalid(
-                key,
-                "expected a file path, found an empty string".to_owned(),
-            )),
-            Some(Value::String(s)) => Ok(Some(PathBuf::from(s))),
-            Some(other) => Err(self.invalid(
-                key,
-                format!("expected a file path, found {}", describe(other)),
-            )),
-        }
-    }
-
-    /// Refuses a file of another KubeEdge component (an `edgecore.yaml` passed by mistake would
-    /// otherwise just look "disabled"). A file without `apiVersion` is accepted.
-    fn check_api_group(&self, group: &str) -> Result<(), ConfigError> {
-        match self.get("apiVersion")? {
-            None => Ok(()),
-            Some(Value::String(v)) if v.split('/').next() == Some(group) => Ok(()),
-            Some(other) => Err(self.invalid(
-                "apiVersion",
-                format!(
-                    "expected {group}/<version>, found {}; is this the right file?",
-                    describe(other)
-                ),
-            )),
-        }
-    }
-}
-
-fn invalid(file: &Path, key: &str, problem: String) -> ConfigError {
-    ConfigError::Invalid {
-        file: file.to_owned(),
-        key: key.to_owned(),
-        problem,
-    }
-}
-
-/// A value as an operator would recognise it in an error message.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "nothing".to_owned(),
-        Value::Bool(b) => format!("{b}"),
-        Value::Number(n) => format!("{n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Sequence(_) => "a list".to_owned(),
-        Value::Mapping(_) => "a mapping".to_owned(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
-    }
+    kubeedge::check_tls_files(&settings.source, settings.section, &files)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {

@@ -15,7 +15,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod certs;
 mod config;
 mod settings;
-mod tether_file;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,14 +23,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use stream_server::StreamServer;
+use tether_cli::process::{init_tracing, runtime, wait_for_signal};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tunnel_session::Registry;
 use tunnel_session::server::TunnelServer;
-use tunnel_session::tls::{self, TlsFiles};
-
-use crate::tether_file::LogFormat;
+use tunnel_session::tls;
 
 /// The cloud end of the tether tunnel (KubeEdge CloudStream compatible).
 ///
@@ -63,19 +61,16 @@ fn main() -> Result<()> {
     }
     let config = cli.config.context("--config is required")?;
     let settings = settings::load(&config, &cli.flags)?;
-    init_tracing(
-        settings.log.format,
-        &settings.log.filter(std::env::var("RUST_LOG").ok()),
-    );
+    init_tracing(&settings.log);
     for warning in &settings.warnings {
         warn!("{warning}");
     }
     tls::install_default_provider();
 
     let cs = &settings.cloud_stream;
-    let tunnel_tls = tls::server_config(&tls_files(&cs.tunnel), &[b"http/1.1"])
+    let tunnel_tls = tls::server_config(&cs.tunnel.tls_files(), &[b"http/1.1"])
         .with_context(|| format!("tunnel TLS ({}.tlsTunnel*)", cs.section))?;
-    let stream_tls = tls::server_config(&tls_files(&cs.stream), &[b"h2", b"http/1.1"])
+    let stream_tls = tls::server_config(&cs.stream.tls_files(), &[b"h2", b"http/1.1"])
         .with_context(|| format!("stream TLS ({}.tlsStream*)", cs.section))?;
     info!(
         config = %settings.source.display(),
@@ -85,11 +80,7 @@ fn main() -> Result<()> {
         "starting"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let (tunnel_addr, stream_addr) = (settings.tunnel_addr, settings.stream_addr);
         let tunnel_listener = TcpListener::bind(tunnel_addr)
             .await
@@ -166,14 +157,6 @@ fn main() -> Result<()> {
 /// How often live sessions' ping round trips are recorded.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
-fn tls_files(paths: &config::TlsPaths) -> TlsFiles {
-    TlsFiles {
-        ca: paths.ca.clone(),
-        cert: paths.cert.clone(),
-        key: paths.key.clone(),
-    }
-}
-
 /// Finds pods' nodes through the Kubernetes API when configured (`podResolver`).
 #[cfg(feature = "k8s")]
 async fn with_pod_resolver(
@@ -196,27 +179,4 @@ async fn with_pod_resolver(
     _kubeconfig: Option<&std::path::Path>,
 ) -> Result<StreamServer> {
     Ok(stream)
-}
-
-fn init_tracing(format: LogFormat, filter: &str) {
-    // `settings` checked the filter; a bad one here would be RUST_LOG, so fall back to info.
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

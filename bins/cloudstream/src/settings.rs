@@ -15,11 +15,14 @@ use serde::Deserialize;
 use stream_server::StreamServerConfig;
 use tunnel_session::server::TunnelServerConfig;
 
-use crate::config::{self, CloudStreamSettings, TlsPaths};
-use crate::tether_file::{
+use tether_cli::kubeedge::TlsPaths;
+use tether_cli::tether_file::{
     self, Deadlines, Format, LogFormat, LogSection, LogSettings, SessionFlags, SessionSection,
-    SettingsError, duration, duration_flag, key_error, path_key, window_flag,
+    SettingsError, at_least_one, duration, duration_flag, key_error, path_key, path_or, positive,
+    window_flag,
 };
+
+use crate::config::{self, CloudStreamSettings};
 
 /// `kind` of our format for this binary.
 pub const KIND: &str = "CloudStream";
@@ -172,23 +175,15 @@ pub fn load(file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
         Format::Tether => from_tether(&text, file, flags)?,
         Format::KubeEdge => from_cloudcore(&text, file, flags)?,
     };
-    config::check_readable(&settings.cloud_stream)
-        .map_err(|e| SettingsError::KubeEdge(Box::new(e)))?;
+    config::check_readable(&settings.cloud_stream)?;
     if let Some(path) = &settings.pod_kubeconfig {
-        config::check_file(path).map_err(|error| {
-            key_error(
-                file,
-                "podResolver.kubeconfig",
-                format!("{}: {error}", path.display()),
-            )
-        })?;
+        tether_file::check_key_file(file, "podResolver.kubeconfig", path)?;
     }
     Ok(settings)
 }
 
 fn from_cloudcore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let cloud_stream =
-        config::parse_cloudcore(text, file).map_err(|e| SettingsError::KubeEdge(Box::new(e)))?;
+    let cloud_stream = config::parse_cloudcore(text, file)?;
     let mut warnings = Vec::new();
     if cloud_stream.module_enabled {
         warnings.push(format!(
@@ -227,16 +222,7 @@ fn from_cloudcore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Se
 
 fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
     let doc: CloudStreamFile = tether_file::from_yaml(text, file)?;
-    if doc.kind != KIND {
-        return Err(key_error(
-            file,
-            "kind",
-            format!(
-                "expected {KIND}, found {:?}; is this the right file?",
-                doc.kind
-            ),
-        ));
-    }
+    tether_file::check_kind(file, &doc.kind, KIND)?;
     let cs = doc.cloud_stream.unwrap_or_default();
     let listen = doc.listen.unwrap_or_default();
     for (key, port) in [
@@ -274,8 +260,7 @@ fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Setti
         }
     }
     let tls = |key: &str, value: Option<PathBuf>, default: &str| {
-        path_key(file, &format!("cloudStream.{key}"), value.as_ref())?;
-        Ok::<_, SettingsError>(value.unwrap_or_else(|| PathBuf::from(default)))
+        path_or(file, &format!("cloudStream.{key}"), value, default)
     };
     let cloud_stream = CloudStreamSettings {
         source: file.to_owned(),
@@ -325,21 +310,13 @@ fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Setti
         &Deadlines::default(),
         &session_flags(flags),
     )?;
-    let positive = |key: &str, d: Option<Duration>| match d {
-        Some(d) if d.is_zero() => Err(key_error(file, key, "must be longer than zero".into())),
-        _ => Ok(()),
-    };
-    let at_least_one = |key: &str, n: Option<usize>| match n {
-        Some(0) => Err(key_error(file, key, "must be at least 1".into())),
-        _ => Ok(()),
-    };
     let ts = doc.tunnel_server.unwrap_or_default();
-    positive("tunnelServer.handshakeTimeout", ts.handshake_timeout)?;
-    at_least_one("tunnelServer.maxConnections", ts.max_connections)?;
+    positive(file, "tunnelServer.handshakeTimeout", ts.handshake_timeout)?;
+    at_least_one(file, "tunnelServer.maxConnections", ts.max_connections)?;
     let ss = doc.stream_server.unwrap_or_default();
-    positive("streamServer.handshakeTimeout", ss.handshake_timeout)?;
-    positive("streamServer.responseTimeout", ss.response_timeout)?;
-    at_least_one("streamServer.maxConnections", ss.max_connections)?;
+    positive(file, "streamServer.handshakeTimeout", ss.handshake_timeout)?;
+    positive(file, "streamServer.responseTimeout", ss.response_timeout)?;
+    at_least_one(file, "streamServer.maxConnections", ss.max_connections)?;
     let tunnel_defaults = TunnelServerConfig::default();
     let stream_defaults = StreamServerConfig::default();
 

@@ -10,18 +10,16 @@
 //! takes them. Only those keys are read; every other module and key is ignored. Defaults are
 //! KubeEdge's (`NewDefaultEdgeCoreConfig`). Every error names the key path and the file.
 //!
-//! The file is read as a generic YAML tree and walked by key path rather than deserialized into
-//! structs: that is what lets each error name the exact key, and what keeps unknown keys
-//! harmless.
+//! The file is read as a generic YAML tree and walked by key path ([`tether_cli::kubeedge`])
+//! rather than deserialized into structs: that is what lets each error name the exact key, and
+//! what keeps unknown keys harmless.
 
-use std::fmt;
-use std::fs;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use yaml_serde::Value;
+use tether_cli::kubeedge::{self, Doc, describe};
+pub use tether_cli::kubeedge::{ConfigError, TlsPaths};
 
 /// The API group of `edgecore.yaml` (`edgecore.config.kubeedge.io/v1alpha2`).
 const API_GROUP: &str = "edgecore.config.kubeedge.io";
@@ -45,18 +43,6 @@ pub const DEFAULT_READ_DEADLINE_SECS: u64 = 15;
 pub const DEFAULT_WRITE_DEADLINE_SECS: u64 = 15;
 /// KubeEdge's default `tailoredKubeletConfig.readOnlyPort`.
 pub const DEFAULT_KUBELET_PORT: u16 = 10350;
-
-/// The TLS files of the tunnel client, as configured (plain data, not yet read).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsPaths {
-    /// CA the cloud's certificate must chain to (stock edgecore never uses it: it skips
-    /// verification).
-    pub ca: PathBuf,
-    /// Our client certificate chain (PEM): the node certificate EdgeHub obtained from CloudHub.
-    pub cert: PathBuf,
-    /// Our private key (PEM).
-    pub key: PathBuf,
-}
 
 /// What `edgestream` needs from `edgecore.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,71 +75,6 @@ pub struct EdgeStreamSettings {
     pub kubelet_addr: SocketAddr,
 }
 
-/// Why the configuration cannot be used. Every message names the file and, where there is one,
-/// the key path.
-#[derive(Debug)]
-pub enum ConfigError {
-    /// The configuration file itself cannot be read.
-    Read {
-        /// The configuration file.
-        file: PathBuf,
-        /// What the OS said.
-        error: io::Error,
-    },
-    /// The configuration file is not valid YAML.
-    Yaml {
-        /// The configuration file.
-        file: PathBuf,
-        /// The parser's message, with line and column.
-        error: yaml_serde::Error,
-    },
-    /// A key holds a value of the wrong type or out of range.
-    Invalid {
-        /// The configuration file.
-        file: PathBuf,
-        /// Dotted key path, e.g. `modules.edgeStream.server`.
-        key: String,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A TLS file named by the configuration cannot be read.
-    TlsFile {
-        /// The configuration file.
-        file: PathBuf,
-        /// Dotted key path of the setting naming the TLS file.
-        key: String,
-        /// The TLS file.
-        path: PathBuf,
-        /// What the OS said.
-        error: io::Error,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Read { file, error } => write!(f, "cannot read {}: {error}", file.display()),
-            Self::Yaml { file, error } => write!(f, "{}: invalid YAML: {error}", file.display()),
-            Self::Invalid { file, key, problem } => {
-                write!(f, "{key}: {problem} (in {})", file.display())
-            }
-            Self::TlsFile {
-                file,
-                key,
-                path,
-                error,
-            } => write!(
-                f,
-                "{key}: {}: {error} (in {})",
-                path.display(),
-                file.display()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// Reads `modules.edgeStream` and `modules.edged` from an `edgecore.yaml`.
 ///
 /// Fails if the file cannot be read or parsed, if a key has the wrong type or an impossible
@@ -163,11 +84,7 @@ impl std::error::Error for ConfigError {}
 /// not opened here; see [`check_readable`].
 #[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
 pub fn load_edgecore(path: &Path) -> Result<EdgeStreamSettings, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|error| ConfigError::Read {
-        file: path.to_owned(),
-        error,
-    })?;
-    parse_edgecore(&text, path)
+    parse_edgecore(&kubeedge::read(path)?, path)
 }
 
 /// [`load_edgecore`] for a file already read.
@@ -322,17 +239,7 @@ pub fn check_host_port(value: &str) -> Result<(), String> {
 /// Kubernetes node names are DNS-1123 subdomains; anything else cannot be registered, so it is
 /// refused here instead of surfacing as a mysterious tunnel refusal.
 pub fn check_node_name(name: &str) -> Result<(), String> {
-    let valid = name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if valid {
+    if kubeedge::is_node_name(name) {
         Ok(())
     } else {
         Err(format!(
@@ -354,189 +261,19 @@ pub fn check_readable(
     verify_server: bool,
 ) -> Result<(), ConfigError> {
     let mut files = vec![
-        ("tlsTunnelCertFile", &settings.tunnel.cert),
-        ("tlsTunnelPrivateKeyFile", &settings.tunnel.key),
+        ("tlsTunnelCertFile", settings.tunnel.cert.as_path()),
+        ("tlsTunnelPrivateKeyFile", settings.tunnel.key.as_path()),
     ];
     if verify_server {
-        files.insert(0, ("tlsTunnelCAFile", &settings.tunnel.ca));
+        files.insert(0, ("tlsTunnelCAFile", settings.tunnel.ca.as_path()));
     }
-    for (name, path) in files {
-        check_file(path).map_err(|error| ConfigError::TlsFile {
-            file: settings.source.clone(),
-            key: format!("{}.{name}", settings.section),
-            path: path.clone(),
-            error,
-        })?;
-    }
-    Ok(())
-}
-
-/// Opens a file for reading (and refuses a directory, which `open` alone would accept).
-pub fn check_file(path: &Path) -> io::Result<()> {
-    let file = fs::File::open(path)?;
-    if file.metadata()?.is_dir() {
-        return Err(io::Error::other("is a directory, not a file"));
-    }
-    Ok(())
-}
-
-/// A parsed YAML document and the file it came from, with typed look-ups by dotted key path.
-struct Doc<'a> {
-    root: Value,
-    file: &'a Path,
-}
-
-impl<'a> Doc<'a> {
-    fn parse(text: &str, file: &'a Path) -> Result<Self, ConfigError> {
-        let mut root: Value = yaml_serde::from_str(text).map_err(|error| ConfigError::Yaml {
-            file: file.to_owned(),
-            error,
-        })?;
-        // Honour `<<: *anchor` merge keys the way Go's YAML library does.
-        root.apply_merge().map_err(|error| ConfigError::Yaml {
-            file: file.to_owned(),
-            error,
-        })?;
-        if !matches!(root, Value::Mapping(_) | Value::Null) {
-            return Err(self::invalid(
-                file,
-                "(top level)",
-                format!("expected a mapping, found {}", describe(&root)),
-            ));
-        }
-        Ok(Self { root, file })
-    }
-
-    fn invalid(&self, key: &str, problem: String) -> ConfigError {
-        invalid(self.file, key, problem)
-    }
-
-    /// The value at `key` (dotted path); `None` when it or a parent is absent or null.
-    fn get(&self, key: &str) -> Result<Option<&Value>, ConfigError> {
-        let mut node = &self.root;
-        let mut walked = String::new();
-        for part in key.split('.') {
-            let map = match node {
-                Value::Null => return Ok(None),
-                Value::Mapping(map) => map,
-                other => {
-                    let at = if walked.is_empty() {
-                        "(top level)"
-                    } else {
-                        &walked
-                    };
-                    let problem = format!("expected a mapping, found {}", describe(other));
-                    return Err(self.invalid(at, problem));
-                }
-            };
-            if !walked.is_empty() {
-                walked.push('.');
-            }
-            walked.push_str(part);
-            match map.get(part) {
-                Some(child) => node = child,
-                None => return Ok(None),
-            }
-        }
-        Ok(match node {
-            Value::Null => None,
-            other => Some(other),
-        })
-    }
-
-    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(self.invalid(
-                key,
-                format!("expected true or false, found {}", describe(other)),
-            )),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => {
-                Err(self.invalid(key, format!("expected a string, found {}", describe(other))))
-            }
-        }
-    }
-
-    /// A whole number of seconds, at least 1 (KubeEdge's timeouts are plain integers).
-    fn seconds(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(value) => match value.as_u64() {
-                Some(secs) if secs > 0 => Ok(Some(Duration::from_secs(secs))),
-                _ => Err(self.invalid(
-                    key,
-                    format!(
-                        "expected a whole number of seconds (at least 1), found {}",
-                        describe(value)
-                    ),
-                )),
-            },
-        }
-    }
-
-    fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
-        match self.get(key)? {
-            None => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Err(self.invalid(
-                key,
-                "expected a file path, found an empty string".to_owned(),
-            )),
-            Some(Value::String(s)) => Ok(Some(PathBuf::from(s))),
-            Some(other) => Err(self.invalid(
-                key,
-                format!("expected a file path, found {}", describe(other)),
-            )),
-        }
-    }
-
-    /// Refuses a file of another KubeEdge component (an `edgecore.yaml` passed by mistake would
-    /// otherwise just look "disabled"). A file without `apiVersion` is accepted.
-    fn check_api_group(&self, group: &str) -> Result<(), ConfigError> {
-        match self.get("apiVersion")? {
-            None => Ok(()),
-            Some(Value::String(v)) if v.split('/').next() == Some(group) => Ok(()),
-            Some(other) => Err(self.invalid(
-                "apiVersion",
-                format!(
-                    "expected {group}/<version>, found {}; is this the right file?",
-                    describe(other)
-                ),
-            )),
-        }
-    }
-}
-
-fn invalid(file: &Path, key: &str, problem: String) -> ConfigError {
-    ConfigError::Invalid {
-        file: file.to_owned(),
-        key: key.to_owned(),
-        problem,
-    }
-}
-
-/// A value as an operator would recognise it in an error message.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "nothing".to_owned(),
-        Value::Bool(b) => format!("{b}"),
-        Value::Number(n) => format!("{n}"),
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Sequence(_) => "a list".to_owned(),
-        Value::Mapping(_) => "a mapping".to_owned(),
-        Value::Tagged(t) => format!("a value tagged {}", t.tag),
-    }
+    kubeedge::check_tls_files(&settings.source, settings.section, &files)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     const FILE: &str = "/etc/kubeedge/config/edgecore.yaml";

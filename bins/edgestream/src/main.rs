@@ -13,8 +13,6 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod config;
 mod settings;
-#[path = "../../cloudstream/src/tether_file.rs"]
-mod tether_file;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,14 +21,13 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use edge_stream::{EdgeConfig, KubeletTarget, TunnelStatus};
 use rustls::pki_types::ServerName;
+use tether_cli::process::{init_tracing, runtime, wait_for_signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tunnel_session::NodeIdentity;
 use tunnel_session::client::DialConfig;
-use tunnel_session::tls::{self, TlsFiles};
-
-use crate::tether_file::LogFormat;
+use tunnel_session::tls;
 
 /// The edge end of the tether tunnel (KubeEdge EdgeStream compatible).
 ///
@@ -50,22 +47,14 @@ struct Args {
 fn main() -> Result<()> {
     let args = Args::parse();
     let settings = settings::load(&args.config, &args.flags)?;
-    init_tracing(
-        settings.log.format,
-        &settings.log.filter(std::env::var("RUST_LOG").ok()),
-    );
+    init_tracing(&settings.log);
     for warning in &settings.warnings {
         warn!("{warning}");
     }
     tls::install_default_provider();
 
     let es = &settings.edge_stream;
-    let files = TlsFiles {
-        ca: es.tunnel.ca.clone(),
-        cert: es.tunnel.cert.clone(),
-        key: es.tunnel.key.clone(),
-    };
-    let client_tls = tls::client_config(&files, !settings.insecure_skip_verify)
+    let client_tls = tls::client_config(&es.tunnel.tls_files(), !settings.insecure_skip_verify)
         .with_context(|| format!("tunnel TLS ({}.tlsTunnel*)", es.section))?;
     let dial = DialConfig {
         server: es.server.clone(),
@@ -100,11 +89,7 @@ fn main() -> Result<()> {
         "starting"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async move {
+    runtime()?.block_on(async move {
         let metrics = admin::Metrics::new();
         let readiness = admin::Readiness::new();
         let admin_stop = CancellationToken::new();
@@ -198,27 +183,4 @@ fn kubelet_tls(
     };
     let name = ServerName::try_from(t.server_name.clone()).context("kubelet.tls.serverName")?;
     Ok((Arc::new(config), name))
-}
-
-fn init_tracing(format: LogFormat, filter: &str) {
-    // `settings` checked the filter; a bad one here would be RUST_LOG, so fall back to info.
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        _ = term.recv() => {}
-    }
-    Ok(())
 }

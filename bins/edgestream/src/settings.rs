@@ -15,11 +15,13 @@ use edge_stream::{Backoff, Operations};
 use serde::Deserialize;
 use tunnel_session::SessionConfig;
 
-use crate::config::{self, EdgeStreamSettings, TlsPaths};
-use crate::tether_file::{
+use tether_cli::kubeedge::TlsPaths;
+use tether_cli::tether_file::{
     self, Deadlines, Format, LogFormat, LogSection, LogSettings, SessionFlags, SessionSection,
-    SettingsError, duration, duration_flag, key_error, path_key, window_flag,
+    SettingsError, duration, duration_flag, key_error, path_key, path_or, positive, window_flag,
 };
+
+use crate::config::{self, EdgeStreamSettings};
 
 /// `kind` of our format for this binary.
 pub const KIND: &str = "EdgeStream";
@@ -273,8 +275,7 @@ pub fn load(file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
         })?;
         settings.kubelet_addr = addr.clone();
     }
-    config::check_readable(&settings.edge_stream, !settings.insecure_skip_verify)
-        .map_err(|e| SettingsError::KubeEdge(Box::new(e)))?;
+    config::check_readable(&settings.edge_stream, !settings.insecure_skip_verify)?;
     if let Some(tls) = &settings.kubelet_tls {
         let mut files = vec![("kubelet.tls.caFile", &tls.ca)];
         if let Some((cert, key)) = &tls.client {
@@ -282,16 +283,14 @@ pub fn load(file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
             files.push(("kubelet.tls.privateKeyFile", key));
         }
         for (key, path) in files {
-            config::check_file(path)
-                .map_err(|error| key_error(file, key, format!("{}: {error}", path.display())))?;
+            tether_file::check_key_file(file, key, path)?;
         }
     }
     Ok(settings)
 }
 
 fn from_edgecore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let edge_stream =
-        config::parse_edgecore(text, file).map_err(|e| SettingsError::KubeEdge(Box::new(e)))?;
+    let edge_stream = config::parse_edgecore(text, file)?;
     let mut warnings = Vec::new();
     if edge_stream.module_enabled {
         warnings.push(format!(
@@ -339,16 +338,7 @@ fn from_edgecore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Set
 
 fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
     let doc: EdgeStreamFile = tether_file::from_yaml(text, file)?;
-    if doc.kind != KIND {
-        return Err(key_error(
-            file,
-            "kind",
-            format!(
-                "expected {KIND}, found {:?}; is this the right file?",
-                doc.kind
-            ),
-        ));
-    }
+    tether_file::check_kind(file, &doc.kind, KIND)?;
     let es = doc.edge_stream.unwrap_or_default();
     let edged = doc.edged.unwrap_or_default();
     let kubelet = doc.kubelet.unwrap_or_default();
@@ -381,8 +371,7 @@ fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Setti
         config::DEFAULT_WRITE_DEADLINE_SECS,
     )?;
     let tls = |key: &str, value: Option<PathBuf>, default: &str| {
-        path_key(file, &format!("edgeStream.{key}"), value.as_ref())?;
-        Ok::<_, SettingsError>(value.unwrap_or_else(|| PathBuf::from(default)))
+        path_or(file, &format!("edgeStream.{key}"), value, default)
     };
 
     let node_name = edged
@@ -451,13 +440,7 @@ fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Setti
         (None, Some(addr)) => addr.to_string(),
         (None, None) => default_kubelet.to_string(),
     };
-    if kubelet.connect_timeout.is_some_and(|d| d.is_zero()) {
-        return Err(key_error(
-            file,
-            "kubelet.connectTimeout",
-            "must be longer than zero".into(),
-        ));
-    }
+    positive(file, "kubelet.connectTimeout", kubelet.connect_timeout)?;
     let kubelet_tls = match kubelet.tls {
         None => None,
         Some(t) => {
@@ -610,9 +593,7 @@ fn backoff(
         ("backoff.max", max),
         ("backoff.resetAfter", reset_after),
     ] {
-        if value.is_some_and(|d| d.is_zero()) {
-            return Err(key_error(file, key, "must be longer than zero".into()));
-        }
+        positive(file, key, value)?;
     }
     if multiplier == Some(0) {
         return Err(key_error(

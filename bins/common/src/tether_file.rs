@@ -1,11 +1,10 @@
 //! Pieces of tether's own configuration format (`apiVersion: tether.io/v1alpha1`) that both
 //! binaries share: format detection, strict deserialization whose errors name the key path and
-//! the file, the duration notation, the `session:` and `log:` sections, and the error type.
+//! the file, the duration notation, the `session:` and `log:` sections, the checks of single
+//! keys, and the error type.
 //!
 //! How this fits: each binary's `settings` module reads one file (ours or KubeEdge's), merges
-//! the flags over it and validates the result; this module is the common vocabulary. It is
-//! compiled into both binaries (`edgestream` includes this file by path), so everything here is
-//! used by both.
+//! the flags over it and validates the result; this module is the common vocabulary.
 //!
 //! Durations in our format are strings with a unit, parsed by `humantime`: `"5s"`, `"250ms"`,
 //! `"1m30s"`. A bare number is refused rather than guessed at (seconds? milliseconds?). Keys
@@ -21,6 +20,8 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use tunnel_session::SessionConfig;
 use yaml_serde::Value;
+
+use crate::kubeedge::{self, ConfigError};
 
 /// `apiVersion` of our format.
 pub const API_VERSION: &str = "tether.io/v1alpha1";
@@ -82,6 +83,12 @@ impl fmt::Display for SettingsError {
 }
 
 impl std::error::Error for SettingsError {}
+
+impl From<ConfigError> for SettingsError {
+    fn from(error: ConfigError) -> Self {
+        Self::KubeEdge(Box::new(error))
+    }
+}
 
 /// Where a merged value came from, so a cross-check can name it.
 #[derive(Debug, Clone)]
@@ -354,7 +361,8 @@ impl LogSettings {
         })
     }
 
-    /// The filter to use: `--log-level`, else `RUST_LOG` (passed in by `main`), else
+    /// The filter to use: `--log-level`, else `RUST_LOG` (passed in by
+    /// [`crate::process::init_tracing`]), else
     /// `log.level`, else [`DEFAULT_LOG_LEVEL`].
     pub fn filter(&self, rust_log: Option<String>) -> String {
         self.flag_level
@@ -438,27 +446,19 @@ pub fn session_config(
 ) -> Result<SessionConfig, SettingsError> {
     let s = section.cloned().unwrap_or_default();
     let bad = |key: &str, problem: &str| key_error(file, &format!("session.{key}"), problem.into());
-    let positive = |key: &str, d: Option<Duration>| match d {
-        Some(d) if d.is_zero() => Err(bad(key, "must be longer than zero")),
-        _ => Ok(()),
-    };
-    positive("stallLimit", s.stall_limit)?;
-    positive("pingInterval", s.ping_interval)?;
-    positive("deadAfter", s.dead_after)?;
-    positive("writeDeadline", s.write_deadline)?;
-    positive("openTimeout", s.open_timeout)?;
+    positive(file, "session.stallLimit", s.stall_limit)?;
+    positive(file, "session.pingInterval", s.ping_interval)?;
+    positive(file, "session.deadAfter", s.dead_after)?;
+    positive(file, "session.writeDeadline", s.write_deadline)?;
+    positive(file, "session.openTimeout", s.open_timeout)?;
     if s.stream_window.is_some_and(|w| w < MIN_STREAM_WINDOW) {
         return Err(bad(
             "streamWindow",
             &format!("must be at least {MIN_STREAM_WINDOW} bytes"),
         ));
     }
-    if s.write_queue == Some(0) {
-        return Err(bad("writeQueue", "must be at least 1"));
-    }
-    if s.max_streams == Some(0) {
-        return Err(bad("maxStreams", "must be at least 1"));
-    }
+    at_least_one(file, "session.writeQueue", s.write_queue)?;
+    at_least_one(file, "session.maxStreams", s.max_streams)?;
     if s.max_data_chunk
         .is_some_and(|c| c == 0 || c > stream_proto::MAX_DATA_LEN)
     {
@@ -559,6 +559,51 @@ pub fn path_key(file: &Path, key: &str, value: Option<&PathBuf>) -> Result<(), S
     }
 }
 
+/// A path key of our format with KubeEdge's default: [`path_key`], then `default` if absent.
+pub fn path_or(
+    file: &Path,
+    key: &str,
+    value: Option<PathBuf>,
+    default: &str,
+) -> Result<PathBuf, SettingsError> {
+    path_key(file, key, value.as_ref())?;
+    Ok(value.unwrap_or_else(|| PathBuf::from(default)))
+}
+
+/// Refuses a file of our format for the other binary: `kind` must be `expected`.
+pub fn check_kind(file: &Path, kind: &str, expected: &str) -> Result<(), SettingsError> {
+    if kind != expected {
+        return Err(key_error(
+            file,
+            "kind",
+            format!("expected {expected}, found {kind:?}; is this the right file?"),
+        ));
+    }
+    Ok(())
+}
+
+/// A duration key of our format that must be longer than zero when set.
+pub fn positive(file: &Path, key: &str, value: Option<Duration>) -> Result<(), SettingsError> {
+    match value {
+        Some(d) if d.is_zero() => Err(key_error(file, key, "must be longer than zero".into())),
+        _ => Ok(()),
+    }
+}
+
+/// A count key of our format that must be at least 1 when set.
+pub fn at_least_one(file: &Path, key: &str, value: Option<usize>) -> Result<(), SettingsError> {
+    match value {
+        Some(0) => Err(key_error(file, key, "must be at least 1".into())),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that the file named by `key` of `file` can be opened for reading.
+pub fn check_key_file(file: &Path, key: &str, path: &Path) -> Result<(), SettingsError> {
+    kubeedge::check_file(path)
+        .map_err(|error| key_error(file, key, format!("{}: {error}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -612,6 +657,37 @@ mod tests {
         assert!(duration_flag("0s").is_err());
         assert!(window_flag("1023").is_err());
         assert_eq!(window_flag("262144").unwrap(), 262_144);
+    }
+
+    #[test]
+    fn single_key_checks_name_the_key_and_the_file() {
+        let file = Path::new("/f.yaml");
+        let message = |r: Result<(), SettingsError>| r.unwrap_err().to_string();
+        assert_eq!(
+            message(check_kind(file, "EdgeStream", "CloudStream")),
+            "kind: expected CloudStream, found \"EdgeStream\"; is this the right file? (in /f.yaml)"
+        );
+        check_kind(file, "CloudStream", "CloudStream").unwrap();
+        assert_eq!(
+            message(positive(file, "a.b", Some(Duration::ZERO))),
+            "a.b: must be longer than zero (in /f.yaml)"
+        );
+        positive(file, "a.b", None).unwrap();
+        assert_eq!(
+            message(at_least_one(file, "a.n", Some(0))),
+            "a.n: must be at least 1 (in /f.yaml)"
+        );
+        at_least_one(file, "a.n", Some(1)).unwrap();
+        assert_eq!(
+            path_or(file, "a.p", None, "/default").unwrap(),
+            PathBuf::from("/default")
+        );
+        assert!(path_or(file, "a.p", Some(PathBuf::new()), "/default").is_err());
+        let missing = Path::new("/nonexistent/tether-cli/ca.crt");
+        assert!(
+            message(check_key_file(file, "a.caFile", missing))
+                .starts_with("a.caFile: /nonexistent/tether-cli/ca.crt: ")
+        );
     }
 
     #[test]
