@@ -1,17 +1,22 @@
 //! Which kubelet operation a stream asks for, and whether the edge serves it.
 //!
 //! A stock KubeEdge edge replays whatever URL the cloud sends. We only replay the kubelet's
-//! real routes (spec 3.1, 5.2), and only when the stream's connect kind fits the route: a
-//! LOGS_CONNECT may only read container logs, a METRIC_CONNECT only stats and metrics, an
-//! EXEC_CONNECT exec or port-forward (KubeEdge carries port-forward as an exec, spec 3.6),
-//! an ATTACH_CONNECT only attach. Everything else is refused with the status the cloud should
-//! answer: 404 unknown path, 405 wrong method, 400 kind mismatch.
+//! real routes ([`stream_proto::kubelet`], spec 3.1, 5.2), written as the kubelet would route
+//! them, and only when the stream's connect kind fits the route: a LOGS_CONNECT may only read
+//! container logs, a METRIC_CONNECT only stats and metrics, an EXEC_CONNECT exec or
+//! port-forward (KubeEdge carries port-forward as an exec, spec 3.6), an ATTACH_CONNECT only
+//! attach. Everything else is refused with the status the cloud should answer: 404 unknown
+//! path, 405 wrong method, 400 kind mismatch.
 
 use std::fmt;
 
+use stream_proto::kubelet;
 use tunnel_session::ConnectKind;
 
 /// A kubelet operation the edge can serve.
+///
+/// Stats and metrics are one operation here: one connect kind carries them and one switch
+/// ([`Operations::metrics`](crate::Operations::metrics)) governs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// `GET /containerLogs/{ns}/{pod}/{container}`.
@@ -58,6 +63,19 @@ impl Operation {
     }
 }
 
+impl From<kubelet::Operation> for Operation {
+    /// The edge's operation for a kubelet one: stats become [`Operation::Metrics`].
+    fn from(operation: kubelet::Operation) -> Operation {
+        match operation {
+            kubelet::Operation::Logs => Operation::Logs,
+            kubelet::Operation::Exec => Operation::Exec,
+            kubelet::Operation::Attach => Operation::Attach,
+            kubelet::Operation::PortForward => Operation::PortForward,
+            kubelet::Operation::Stats | kubelet::Operation::Metrics => Operation::Metrics,
+        }
+    }
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -82,13 +100,6 @@ impl Refusal {
     }
 }
 
-/// The HTTP methods a route admits.
-#[derive(Clone, Copy)]
-enum Methods {
-    Get,
-    GetOrPost,
-}
-
 /// Classifies a request carried by a stream of `kind`.
 ///
 /// `method` is the descriptor's `method` (`None` means GET, as KubeEdge's logs and metrics
@@ -98,23 +109,20 @@ pub(crate) fn classify(
     method: Option<&str>,
     path: &str,
 ) -> Result<Operation, Refusal> {
-    let Some((operation, methods)) = route(path) else {
+    let Some(route) = kubelet::classify(path).filter(|_| routed_as_written(path)) else {
         return Err(Refusal::new(
             404,
             format!("{path} is not a kubelet path this edge serves"),
         ));
     };
     let method = method.unwrap_or("GET");
-    let allowed = match methods {
-        Methods::Get => method == "GET",
-        Methods::GetOrPost => method == "GET" || method == "POST",
-    };
-    if !allowed {
+    if !route.allows(method) {
         return Err(Refusal::new(
             405,
             format!("method {method} is not allowed for {path}"),
         ));
     }
+    let operation = Operation::from(route.operation);
     if !operation.fits(kind) {
         return Err(Refusal::new(
             400,
@@ -124,36 +132,16 @@ pub(crate) fn classify(
     Ok(operation)
 }
 
-/// The kubelet route `path` names, if any.
-fn route(path: &str) -> Option<(Operation, Methods)> {
-    let rest = path.strip_prefix('/')?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    // Empty and dot segments never name a pod, and the kubelet would clean or redirect them
-    // to some other route than the one checked here.
-    if parts
-        .iter()
-        .any(|p| p.is_empty() || *p == "." || *p == "..")
-    {
-        return None;
-    }
-    let n = parts.len();
-    match parts[0] {
-        "containerLogs" if n == 4 => Some((Operation::Logs, Methods::Get)),
-        "exec" if n == 4 || n == 5 => Some((Operation::Exec, Methods::GetOrPost)),
-        "attach" if n == 4 || n == 5 => Some((Operation::Attach, Methods::GetOrPost)),
-        "portForward" if n == 3 || n == 4 => Some((Operation::PortForward, Methods::GetOrPost)),
-        "stats" if parts.get(1) == Some(&"summary") && n == 2 => {
-            Some((Operation::Metrics, Methods::GetOrPost))
-        }
-        "stats" => Some((Operation::Metrics, Methods::Get)),
-        "metrics" => match parts.get(1..) {
-            Some([] | ["cadvisor" | "resource" | "probes"]) => {
-                Some((Operation::Metrics, Methods::Get))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
+/// True if `path` is one `/` followed by segments that are neither empty, `.` nor `..`.
+///
+/// The route table skips leading slashes and reads dot segments as names, but the kubelet
+/// would clean or redirect such a path to some other route than the one checked, and they
+/// never name a pod.
+fn routed_as_written(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|rest| {
+        rest.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+    })
 }
 
 #[cfg(test)]

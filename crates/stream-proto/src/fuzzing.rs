@@ -22,6 +22,8 @@ pub fn decode_all(data: &[u8]) {
         // Exercise the URL rendering an edge would run on a descriptor from a hostile cloud.
         let _ = request.url.to_go_string();
         let _ = request.url.request_uri();
+        // And the classification it runs on the path.
+        let _ = crate::kubelet::classify(&request.url.path).map(|route| route.allows("GET"));
         // What we encode must decode to the same descriptor.
         let again = ConnectRequest::from_json(&request.to_json());
         assert!(

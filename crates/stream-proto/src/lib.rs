@@ -3,9 +3,10 @@
 //!
 //! This crate is the bottom layer of tether: `tunnel-session` uses it to encode and decode
 //! every websocket message payload, and `stream-server` and `edge-stream` use its connect
-//! descriptor and open result types to describe kubelet requests. It is sans-IO: no sockets,
-//! no runtime, no clocks, only bytes in and values out, so every rule here is unit-testable
-//! and the same code serves both ends of the tunnel.
+//! descriptor and open result types to describe kubelet requests and its [`kubelet`] route
+//! table to classify them. It is sans-IO: no sockets, no runtime, no clocks, only bytes in
+//! and values out, so every rule here is unit-testable and the same code serves both ends of
+//! the tunnel.
 //!
 //! What it holds:
 //!
@@ -16,6 +17,8 @@
 //!   `url.URL` ([`GoUrl`]) and `http.Header` ([`HeaderMap`]) reproduced exactly.
 //! - The tether/2 control payloads, which are never sent to a stock KubeEdge peer:
 //!   [`encode_window`]/[`decode_window`], [`Reset`] and [`OpenResult`].
+//! - [`kubelet`]: the kubelet routes the tunnel carries, [`kubelet::classify`] to find the
+//!   [`kubelet::Operation`] and pod a request path names.
 //! - [`Error`], the one error type of the crate.
 //!
 //! Decoders never panic, on any input; the fuzz target in `fuzz/` checks that.
@@ -25,6 +28,7 @@ mod error;
 mod go_json;
 mod go_url;
 mod header;
+pub mod kubelet;
 mod message;
 mod open_result;
 mod reset;

@@ -27,7 +27,7 @@ use crate::body::{READ_CHUNK, TunnelBody};
 use crate::node::node_of;
 use crate::observe::{RelayObserver, StreamRecord};
 use crate::pods::PodResolver;
-use crate::route::{NoRoute, Operation, classify};
+use crate::route::{NoRoute, Operation, classify, connect_kind};
 
 /// The response body type of the stream server.
 pub type ResponseBody = UnsyncBoxBody<Bytes, io::Error>;
@@ -119,7 +119,7 @@ impl Relay {
         let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
         async move {
             let request = connect_request(&req, op, session.dialect());
-            let stream = match session.open(op.connect_kind(), request).await {
+            let stream = match session.open(connect_kind(op), request).await {
                 Ok(s) => s,
                 Err(e) => {
                     self.observer.stream_failed(op, "open_failed");

@@ -1,57 +1,22 @@
 //! The kubelet API routes the stream server relays, and nothing else.
 //!
-//! The table follows the kubelet's own routes (spec 3.1 and 5.2), with port-forward added:
-//! stock KubeEdge edges carry it as an EXEC_CONNECT whose URL is the `/portForward` path.
+//! The table is [`stream_proto::kubelet`], the one the edge checks too (spec 3.1 and 5.2,
+//! with port-forward added: stock KubeEdge edges carry it as an EXEC_CONNECT whose URL is the
+//! `/portForward` path). This module fits it to the server: it takes the request's
+//! [`Method`], tells a 404 from a 405, and names the connect kind each operation travels on.
 
 use http::Method;
 use tunnel_session::ConnectKind;
 
-/// A kubelet operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// `GET /containerLogs/{ns}/{pod}/{container}`.
-    Logs,
-    /// `/exec/{ns}/{pod}[/{uid}]/{container}`, GET or POST, upgraded.
-    Exec,
-    /// `/attach/{ns}/{pod}[/{uid}]/{container}`, GET or POST, upgraded.
-    Attach,
-    /// `/portForward/{ns}/{pod}[/{uid}]`, GET or POST, upgraded.
-    PortForward,
-    /// `/stats/summary` (GET, POST) and the other `/stats/…` paths (GET).
-    Stats,
-    /// `/metrics`, `/metrics/cadvisor`, `/metrics/resource`, `/metrics/probes` (GET).
-    Metrics,
-}
+pub use stream_proto::kubelet::{Operation, PodRef};
 
-impl Operation {
-    /// The connect message kind that carries this operation.
-    pub fn connect_kind(self) -> ConnectKind {
-        match self {
-            Operation::Logs => ConnectKind::Logs,
-            Operation::Exec | Operation::PortForward => ConnectKind::Exec,
-            Operation::Attach => ConnectKind::Attach,
-            Operation::Stats | Operation::Metrics => ConnectKind::Metric,
-        }
-    }
-
-    /// True for the operations that switch protocols (SPDY or WebSocket).
-    pub fn is_upgrade(self) -> bool {
-        matches!(
-            self,
-            Operation::Exec | Operation::Attach | Operation::PortForward
-        )
-    }
-
-    /// Name used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Logs => "logs",
-            Operation::Exec => "exec",
-            Operation::Attach => "attach",
-            Operation::PortForward => "portforward",
-            Operation::Stats => "stats",
-            Operation::Metrics => "metrics",
-        }
+/// The connect message kind that carries `operation`.
+pub fn connect_kind(operation: Operation) -> ConnectKind {
+    match operation {
+        Operation::Logs => ConnectKind::Logs,
+        Operation::Exec | Operation::PortForward => ConnectKind::Exec,
+        Operation::Attach => ConnectKind::Attach,
+        Operation::Stats | Operation::Metrics => ConnectKind::Metric,
     }
 }
 
@@ -64,51 +29,16 @@ pub enum NoRoute {
     MethodNotAllowed,
 }
 
-/// Pod coordinates named by a logs, exec, attach or port-forward path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodRef {
-    /// Namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub name: String,
-}
-
 /// The operation a method and path ask for, and the pod it names (if any).
+///
+/// Leading `/`s are skipped and `.` or `..` segments are taken as names (see
+/// [`stream_proto::kubelet::classify`]); the edge refuses what its kubelet would not route.
 pub fn classify(method: &Method, path: &str) -> Result<(Operation, Option<PodRef>), NoRoute> {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let get = *method == Method::GET;
-    let get_or_post = get || *method == Method::POST;
-    let nonempty = |p: &[&str]| p.iter().all(|s| !s.is_empty());
-    let pod = |p: &[&str]| PodRef {
-        namespace: p[1].to_owned(),
-        name: p[2].to_owned(),
-    };
-    let (op, allowed, pod_ref) = match parts.as_slice() {
-        ["containerLogs", ..] if parts.len() == 4 && nonempty(&parts) => {
-            (Operation::Logs, get, Some(pod(&parts)))
-        }
-        ["exec", ..] if (parts.len() == 4 || parts.len() == 5) && nonempty(&parts) => {
-            (Operation::Exec, get_or_post, Some(pod(&parts)))
-        }
-        ["attach", ..] if (parts.len() == 4 || parts.len() == 5) && nonempty(&parts) => {
-            (Operation::Attach, get_or_post, Some(pod(&parts)))
-        }
-        ["portForward", ..] if (parts.len() == 3 || parts.len() == 4) && nonempty(&parts) => {
-            (Operation::PortForward, get_or_post, Some(pod(&parts)))
-        }
-        ["stats", "summary"] => (Operation::Stats, get_or_post, None),
-        ["stats"] => (Operation::Stats, get, None),
-        ["stats", ..] if nonempty(&parts) => (Operation::Stats, get, None),
-        ["metrics"] | ["metrics", "cadvisor" | "resource" | "probes"] => {
-            (Operation::Metrics, get, None)
-        }
-        _ => return Err(NoRoute::NotFound),
-    };
-    if allowed {
-        Ok((op, pod_ref))
-    } else {
-        Err(NoRoute::MethodNotAllowed)
+    let route = stream_proto::kubelet::classify(path).ok_or(NoRoute::NotFound)?;
+    if !route.allows(method.as_str()) {
+        return Err(NoRoute::MethodNotAllowed);
     }
+    Ok((route.operation, route.pod))
 }
 
 #[cfg(test)]
