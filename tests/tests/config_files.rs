@@ -210,3 +210,69 @@ async fn an_unknown_key_fails_before_listening_naming_the_key_and_the_file() {
         "{stderr}"
     );
 }
+
+/// A stock kubelet serves HTTPS on 10250 and wants a client certificate: the edge dials it
+/// with its own CA and certificate from the `kubelet.tls` section, for plain requests and for
+/// upgrades alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_reaches_an_https_kubelet_with_its_client_certificate() {
+    let world = World::new().unwrap();
+    let serving = world.pki.server(&["127.0.0.1"]).unwrap();
+    let kubelet = TestKubelet::builder()
+        .tls(serving, Some(&world.pki))
+        .container(
+            "default",
+            "web",
+            "app",
+            ContainerSpec::with_logs(Bytes::from_static(LOGS)),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert!(kubelet.is_tls());
+
+    let cloud_config = cloudstream_yaml(&world, "").unwrap();
+    let cloud = start_cloud(&world, &cloud_config).await.unwrap();
+    let edge_config = edgestream_yaml(&world, "edge-1", cloud.tunnel, kubelet.addr()).unwrap();
+    let d = world.dir.path().display();
+    let text = std::fs::read_to_string(&edge_config).unwrap().replace(
+        &format!("kubelet:\n  address: {}\n", kubelet.addr()),
+        &format!(
+            "kubelet:\n  address: {}\n  tls:\n    caFile: {d}/ca.crt\n    certFile: {d}/node-edge-1.crt\n    privateKeyFile: {d}/node-edge-1.key\n    serverName: 127.0.0.1\n",
+            kubelet.addr()
+        ),
+    );
+    assert!(text.contains("caFile"), "{text}");
+    std::fs::write(&edge_config, text).unwrap();
+    let edge_config = edge_config.to_string_lossy().into_owned();
+    let mut edge = Process::spawn(
+        "edgestream",
+        &["--config", &edge_config],
+        world.path("edgestream-edge-1.log"),
+    )
+    .unwrap();
+    edge.wait_line("edgestream connected").await.unwrap();
+
+    let resp = world
+        .get(&cloud, "edge-1", "/containerLogs/default/web/app", &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", edge.logs());
+    assert_eq!(body_bytes(resp.into_body()).await.unwrap(), LOGS);
+
+    let io = world.connect_stream(&cloud).await.unwrap();
+    let exec = test_support::client::exec_ws(
+        io,
+        "edge-1",
+        "/exec/default/web/app?command=echo&command=over&command=https&output=1",
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = tokio::time::timeout(PATIENCE, exec.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"over https\n");
+    assert!(kubelet.requests().len() >= 2);
+}
