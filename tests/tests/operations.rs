@@ -417,6 +417,7 @@ async fn two_hundred_concurrent_mixed_streams_are_byte_exact() {
                         .get(&s.cloud, "edge-1", "/metrics/cadvisor", &[])
                         .await
                         .unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK, "metrics stream {i}");
                     let headers = format!("{:?}", resp.headers());
                     let got = body_bytes(resp.into_body()).await.unwrap();
                     if got != direct_metrics {

@@ -214,7 +214,7 @@ impl Edge {
                     }
                 },
                 () = session.draining() => {
-                    self.retire(session);
+                    self.retire(session, incoming);
                     return SessionEnd::Draining;
                 }
             }
@@ -222,20 +222,37 @@ impl Edge {
     }
 
     /// Lets a session the cloud is draining finish its streams, then closes it. The cloud
-    /// opens nothing new on it (and the session refuses if it tried).
-    fn retire(&self, session: Session) {
+    /// opens nothing new on it; what it opened before its GO_AWAY is still accepted and
+    /// served (GO_AWAY travels behind those connects, so they are all queued by now).
+    fn retire(&self, session: Session, mut incoming: Incoming) {
         info!(
             open_streams = session.open_streams(),
             "the cloud is draining the tunnel; dialling a new one while the open streams finish"
         );
         let cut = self.cut.clone();
+        let handlers = self.handlers.clone();
+        let connector = Arc::clone(&self.connector);
         let span = info_span!("retired_session", node = %session.node().name);
         self.sessions.spawn(
             async move {
-                tokio::select! {
-                    () = session.closed() => {}
-                    () = cut.cancelled() => session.close("the edge is shutting down"),
-                    () = session.idle() => session.close("drained: no streams left"),
+                loop {
+                    tokio::select! {
+                        () = session.closed() => return,
+                        () = cut.cancelled() => {
+                            session.close("the edge is shutting down");
+                            return;
+                        }
+                        accepted = incoming.accept() => match accepted {
+                            Some(stream) => {
+                                handlers.spawn(Arc::clone(&connector).serve(stream, cut.clone()));
+                            }
+                            None => return,
+                        },
+                        () = session.idle() => {
+                            session.close("drained: no streams left");
+                            return;
+                        }
+                    }
                 }
             }
             .instrument(span),

@@ -187,7 +187,7 @@ impl Relay {
                     }
                     Err(_) => return (gateway_timeout("sending the request body"), false),
                 };
-                match stream.open_result().await {
+                match stream.open_result_within(self.response_timeout).await {
                     Ok(Some(OpenResult::Response { status, headers })) => {
                         let status =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);

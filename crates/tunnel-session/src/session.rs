@@ -31,8 +31,8 @@ use crate::error::{Error, Result};
 use crate::stream::{ConnectKind, Push, Stream, StreamShared};
 use crate::ws::{self, DataKind, FrameReader, OpCode, WsEvent, WsRole};
 
-/// Streams opened by the peer and not yet accepted; more are refused.
-const INCOMING_QUEUE: usize = 128;
+/// DATA payloads below this size are copied out of the read buffer (see `dispatch`).
+const COPY_BELOW: usize = 32 * 1024;
 /// The writer writes once it has gathered this much.
 const WRITE_BATCH: usize = 256 * 1024;
 /// Per stream we queue at most a window update and a reset or remove, plus a few spare.
@@ -125,9 +125,12 @@ pub(crate) struct Shared {
     control_ready: Notify,
     cancel: CancellationToken,
     close_reason: Mutex<Option<String>>,
-    /// No new streams: we are draining, or the peer said GO_AWAY.
+    /// We are draining: we open nothing new and refuse what the peer opens.
     draining: AtomicBool,
-    /// Notified when `draining` becomes true.
+    /// The peer said GO_AWAY (tether/2): it opens nothing new, and we open nothing new on
+    /// it, but what it opened before still arrives and is served.
+    peer_going_away: AtomicBool,
+    /// Notified when either flag becomes true.
     draining_changed: Notify,
     /// Notified whenever the last open stream goes away.
     idle: Notify,
@@ -191,6 +194,12 @@ impl Shared {
         was
     }
 
+    fn set_peer_going_away(&self) {
+        if !self.peer_going_away.swap(true, Ordering::Relaxed) {
+            self.draining_changed.notify_waiters();
+        }
+    }
+
     fn stream(&self, id: ConnectId) -> Option<Arc<StreamShared>> {
         lock(&self.streams).get(&id).cloned()
     }
@@ -240,6 +249,11 @@ impl Shared {
         };
         let shared = StreamShared::new(id, kind, credit);
         let mut streams = lock(&self.streams);
+        // Checked under the lock that `fail_all` drains under: a stream is either refused
+        // here or failed there, never left behind in a dead session.
+        if self.is_closed() {
+            return Err(Error::SessionClosed(self.close_reason()));
+        }
         if streams.len() >= self.config.max_streams {
             return Err(Error::TooManyStreams(self.config.max_streams));
         }
@@ -318,7 +332,9 @@ impl Session {
     pub fn establish<T: Io>(io: T, params: SessionParams) -> (Session, Incoming, SessionDriver) {
         let (data_tx, data_rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(params.config.write_queue));
-        let (incoming_tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        // Every stream waiting to be accepted is also registered, so `max_streams` bounds
+        // this queue; a burst of connects never overflows it.
+        let (incoming_tx, rx) = mpsc::channel(params.config.max_streams);
         let shared = Arc::new(Shared {
             role: params.role,
             dialect: params.dialect,
@@ -334,6 +350,7 @@ impl Session {
             cancel: CancellationToken::new(),
             close_reason: Mutex::new(None),
             draining: AtomicBool::new(false),
+            peer_going_away: AtomicBool::new(false),
             draining_changed: Notify::new(),
             idle: Notify::new(),
             heard: AtomicBool::new(false),
@@ -382,9 +399,11 @@ impl Session {
         self.shared.is_closed()
     }
 
-    /// True when no new streams should be opened on this session.
+    /// True when no new streams should be opened on this session: we are draining it, or
+    /// the peer said GO_AWAY.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Relaxed)
+            || self.shared.peer_going_away.load(Ordering::Relaxed)
     }
 
     /// Resolves once the session is draining: we called [`Session::drain`], or the peer
@@ -449,16 +468,22 @@ impl Session {
     }
 
     /// Stops new streams and, with tether/2, tells the peer (GO_AWAY). Open streams go on.
+    ///
+    /// GO_AWAY travels in order behind every stream already opened, so the peer has seen
+    /// all of them by the time it reads it.
     pub fn drain(&self, reason: &str) {
         if self.shared.set_draining() {
             return;
         }
         if self.shared.dialect == Dialect::Tether2 {
-            self.shared.push_control(Message::new(
-                ConnectId(0),
-                MessageType::GoAway,
-                Bytes::copy_from_slice(reason.as_bytes()),
-            ));
+            self.shared.send_ordered(
+                Message::new(
+                    ConnectId(0),
+                    MessageType::GoAway,
+                    Bytes::copy_from_slice(reason.as_bytes()),
+                ),
+                false,
+            );
         }
     }
 
@@ -598,11 +623,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if out.is_empty() {
             continue;
         }
-        let write = async {
-            io.write_all(&out).await?;
-            io.flush().await
-        };
-        match tokio::time::timeout(shared.config.write_deadline, write).await {
+        // The deadline is for progress, not for the whole batch: a slow uplink that keeps
+        // taking bytes is alive; one that takes none for `write_deadline` is not.
+        let mut written = 0;
+        while written < out.len() {
+            match tokio::time::timeout(shared.config.write_deadline, io.write(&out[written..]))
+                .await
+            {
+                Ok(Ok(0)) => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => return Err(Error::Io(e)),
+                Err(_) => {
+                    return Err(Error::Timeout(
+                        "writing to the tunnel: the peer does not read",
+                    ));
+                }
+            }
+        }
+        match tokio::time::timeout(shared.config.write_deadline, io.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Io(e)),
             Err(_) => {
@@ -687,7 +725,14 @@ async fn dispatch(
         MessageType::Data => {
             let len = msg.data.len();
             if let Some(stream) = shared.stream(id) {
-                deliver(shared, &stream, msg.data).await;
+                // A payload is a slice of the websocket read buffer; a small one kept by a
+                // slow reader would pin that whole buffer, so small payloads are copied out.
+                let data = if len < COPY_BELOW {
+                    Bytes::copy_from_slice(&msg.data)
+                } else {
+                    msg.data
+                };
+                deliver(shared, &stream, data).await;
                 shared
                     .stats
                     .bytes_received
@@ -727,7 +772,7 @@ async fn dispatch(
         }
         MessageType::GoAway if shared.dialect == Dialect::Tether2 => {
             info!(node = %shared.node.name, reason = %String::from_utf8_lossy(&msg.data), "peer is draining");
-            shared.set_draining();
+            shared.set_peer_going_away();
         }
         MessageType::CloseConnect if shared.role == Role::Edge => {
             return Err(Error::SessionClosed(format!(
@@ -762,7 +807,12 @@ async fn deliver(shared: &Shared, stream: &Arc<StreamShared>, data: Bytes) {
                 return;
             }
             Push::Full => {
-                if tokio::time::timeout_at(deadline, space).await.is_err() {
+                let waited = tokio::time::timeout_at(deadline, space).await;
+                // Reading is paused on purpose: the peer's silence meanwhile is ours.
+                shared
+                    .last_received
+                    .store(shared.now_micros(), Ordering::Relaxed);
+                if waited.is_err() {
                     warn!(
                         node = %shared.node.name,
                         connect_id = %stream.id,
@@ -834,7 +884,7 @@ fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<Inc
         warn!(connect_id = %id, mess_id = request.mess_id, "MessID differs from the connect id");
     }
     if shared.draining.load(Ordering::Relaxed) {
-        return refuse("the edge is draining");
+        return refuse("this end is draining");
     }
     let stream_shared = match shared.register_stream(id, kind) {
         Ok(s) => s,

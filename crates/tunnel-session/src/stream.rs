@@ -351,6 +351,16 @@ impl Stream {
     /// requests, the kubelet's status and headers. Stock KubeEdge edges report nothing, so
     /// this returns `Ok(None)` at once for the KubeEdge dialect.
     pub async fn open_result(&mut self) -> Result<Option<OpenResult>> {
+        let timeout = self.session.config.open_timeout;
+        self.open_result_within(timeout).await
+    }
+
+    /// [`Stream::open_result`] with a caller's deadline: for a plain request the answer is
+    /// the kubelet's response head, which may take as long as the kubelet takes.
+    pub async fn open_result_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<Option<OpenResult>> {
         if self.session.dialect == Dialect::KubeEdge {
             return Ok(None);
         }
@@ -375,7 +385,7 @@ impl Stream {
                 }
             }
         });
-        match tokio::time::timeout(self.session.config.open_timeout, wait).await {
+        match tokio::time::timeout(timeout, wait).await {
             Ok(result) => result,
             Err(_) => Err(Error::Timeout("waiting for the edge to open the stream")),
         }

@@ -372,3 +372,66 @@ async fn many_concurrent_streams_stay_byte_exact() {
         }
     }
 }
+
+/// A burst of connects far beyond any accept backlog is queued, not reset.
+#[tokio::test]
+async fn a_burst_of_connects_is_queued_not_refused() {
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut opened = Vec::new();
+    for i in 0..300 {
+        let path = format!("/containerLogs/a/b/c{i}");
+        opened.push(
+            p.cloud
+                .open(ConnectKind::Logs, request(&path))
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..300 {
+        let mut incoming = p.incoming.accept().await.unwrap();
+        incoming.stream.write_all(b"x").await.unwrap();
+        incoming.stream.shutdown().await.unwrap();
+    }
+    for mut s in opened {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"x");
+    }
+}
+
+/// Streams the cloud opened before it drained still reach the edge and are served; the
+/// edge learns of the drain and the cloud opens nothing new.
+#[tokio::test]
+async fn streams_opened_before_go_away_are_still_served() {
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut opened = Vec::new();
+    for i in 0..10 {
+        let path = format!("/containerLogs/a/b/c{i}");
+        opened.push(
+            p.cloud
+                .open(ConnectKind::Logs, request(&path))
+                .await
+                .unwrap(),
+        );
+    }
+    p.cloud.drain("shutting down");
+    assert!(
+        p.cloud
+            .open(ConnectKind::Logs, request("/containerLogs/a/b/late"))
+            .await
+            .is_err()
+    );
+    tokio::time::timeout(Duration::from_secs(10), p.edge.draining())
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let mut incoming = p.incoming.accept().await.unwrap();
+        incoming.stream.write_all(b"served").await.unwrap();
+        incoming.stream.shutdown().await.unwrap();
+    }
+    for mut s in opened {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"served");
+    }
+}
