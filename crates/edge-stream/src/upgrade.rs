@@ -173,7 +173,22 @@ async fn relay(stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Result<
             })
     };
     let result = if half_close {
-        tokio::try_join!(up, down).map(|_| ())
+        let mut up = std::pin::pin!(up);
+        let mut down = std::pin::pin!(down);
+        tokio::select! {
+            r = &mut up => match r {
+                // The cloud gave up: nothing more to do in either direction.
+                Err(None) => Err(None),
+                // Upstream is done (FIN passed on), or the kubelet stopped reading (its
+                // process exited): what the kubelet still sends, such as an exit status,
+                // must reach the cloud, so the downstream direction runs to its end.
+                Ok(()) | Err(Some(_)) => down.await,
+            },
+            r = &mut down => match r {
+                Ok(()) => up.await,
+                Err(e) => Err(e),
+            },
+        }
     } else {
         tokio::select! {
             r = up => r,

@@ -58,6 +58,8 @@ pub(crate) struct Relay {
     pub(crate) observer: Arc<dyn RelayObserver>,
     pub(crate) response_timeout: Duration,
     pub(crate) tracker: tokio_util::task::TaskTracker,
+    /// Cancelled when the drain grace is over: upgraded bridges end then.
+    pub(crate) cut: tokio_util::sync::CancellationToken,
 }
 
 impl Relay {
@@ -269,6 +271,7 @@ impl Relay {
             let on_upgrade = hyper::upgrade::on(&mut req);
             let leftover = head.rest;
             let record = self.record(op, started);
+            let cut = self.cut.clone();
             self.tracker.spawn(
                 async move {
                     let upgraded = match on_upgrade.await {
@@ -280,7 +283,7 @@ impl Relay {
                     };
                     let mut client = hyper_util::rt::TokioIo::new(upgraded);
                     record.add_from_edge(leftover.len() as u64);
-                    let result = async {
+                    let bridge = async {
                         if !leftover.is_empty() {
                             client.write_all(&leftover).await?;
                         }
@@ -291,8 +294,14 @@ impl Relay {
                             READ_CHUNK,
                         )
                         .await
-                    }
-                    .await;
+                    };
+                    let result = tokio::select! {
+                        r = bridge => r,
+                        () = cut.cancelled() => Err(io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            "the stream server's drain grace is over",
+                        )),
+                    };
                     match result {
                         Ok((up, down)) => {
                             record.add_to_edge(up);

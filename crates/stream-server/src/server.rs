@@ -41,7 +41,9 @@ pub struct StreamServerConfig {
     pub handshake_timeout: Duration,
     /// How long to wait for the kubelet's response head through the tunnel.
     pub response_timeout: Duration,
-    /// Client connections served at once.
+    /// Client HTTP connections served at once. An upgraded stream (exec, attach,
+    /// port-forward) leaves its connection's slot when it switches protocols; those are
+    /// bounded per node by the session's stream limit.
     pub max_connections: usize,
     /// On shutdown, how long requests may run before they are cut.
     pub drain_grace: Duration,
@@ -117,6 +119,7 @@ impl StreamServer {
             observer: self.observer.clone(),
             response_timeout: self.config.response_timeout,
             tracker: streams.clone(),
+            cut: cut.clone(),
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
         loop {
@@ -157,6 +160,9 @@ impl StreamServer {
             warn!(?grace, "drain grace over; cutting the remaining requests");
         }
         cut.cancel();
+        // Cut bridges end at once; wait for them so no task outlives `serve`.
+        streams.close();
+        streams.wait().await;
         connections.close();
         connections.wait().await;
         Ok(())

@@ -51,7 +51,9 @@ pub struct TunnelServerConfig {
     pub session: SessionConfig,
     /// TLS handshake plus upgrade request must finish within this.
     pub handshake_timeout: Duration,
-    /// Connections served at once; more wait in the kernel's accept queue.
+    /// Connections in the TLS and upgrade phase at once; more wait in the kernel's accept
+    /// queue. An established session no longer holds a slot (sessions are bounded by the
+    /// nodes whose certificates the CA issued).
     pub max_connections: usize,
     /// On shutdown, how long open streams may run before sessions are closed.
     pub drain_grace: Duration,
