@@ -159,6 +159,13 @@ async fn both_binaries_run_from_their_own_config_files_only() {
     // `operations.metrics: false` in the edge's file: refused at the edge.
     let resp = world.get(&cloud, "edge-1", "/metrics", &[]).await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{}", edge.logs());
+    // Also when the refused request has a body larger than the stream window, which the
+    // cloud is still sending when the refusal arrives: the edge's reason wins.
+    let post = http::Request::post("/stats/summary")
+        .body(http_body_util::Full::new(Bytes::from(vec![b' '; 4 << 20])))
+        .unwrap();
+    let resp = world.request(&cloud, "edge-1", post).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{}", edge.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,6 +182,13 @@ impl Relay {
                 let sent = match sent {
                     Ok(Ok(sent)) => sent,
                     Ok(Err(e)) => {
+                        // The edge may have refused before reading the body (its answer comes
+                        // before its close, in order): report its reason, not our write error.
+                        if let Ok(Some(refusal @ OpenResult::Refused { .. })) =
+                            stream.open_result_within(Duration::ZERO).await
+                        {
+                            return (open_failure(Ok(Some(refusal))), false);
+                        }
                         return (
                             bad_gateway(&format!("sending the request body: {e}")),
                             false,

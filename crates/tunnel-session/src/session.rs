@@ -552,7 +552,17 @@ impl SessionDriver {
         drop(incoming_tx);
         // Best effort: end TLS properly so the peer sees a clean close rather than a reset.
         let _ = tokio::time::timeout(Duration::from_secs(1), write_half.shutdown()).await;
-        info!(node = %shared.node.name, dialect = %shared.dialect, reason = %shared.close_reason(), "session ended");
+        // One line per session: who, how long, how much, and why it ended.
+        info!(
+            node = %shared.node.name,
+            dialect = %shared.dialect,
+            duration_s = shared.epoch.elapsed().as_secs(),
+            streams = shared.stats.streams_opened(),
+            bytes_sent = shared.stats.bytes_sent(),
+            bytes_received = shared.stats.bytes_received(),
+            reason = %shared.close_reason(),
+            "session ended"
+        );
         result
     }
 }
