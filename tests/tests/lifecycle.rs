@@ -277,3 +277,50 @@ async fn replaced_certificates_serve_new_handshakes_while_old_streams_go_on() {
         .unwrap();
     assert_eq!(next, Bytes::from_static(b"still here\n"));
 }
+
+/// An edge that goes silent without closing anything (frozen process, dead NAT path) is
+/// declared dead after the configured deadline: its streams fail and its node is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_edge_is_declared_dead_and_its_streams_fail() {
+    let world = World::new().unwrap();
+    let cloud = Cloud::start(&world, &["--ping-interval", "200ms", "--dead-after", "2s"])
+        .await
+        .unwrap();
+    let kubelet = kubelet().await;
+    let edge = Edge::start(&world, &cloud, "edge-1", "10.0.0.11", kubelet.addr(), &[])
+        .await
+        .unwrap();
+    let resp = world
+        .get(
+            &cloud,
+            "edge-1",
+            "/containerLogs/default/web/app?follow=true",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut follow = resp.into_body();
+    follow.frame().await.unwrap().unwrap();
+
+    // Freeze the edge: its socket stays open, but nothing answers.
+    let pid = nix::unistd::Pid::from_raw(edge.process.child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match follow.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the stream of a dead edge must fail");
+    assert!(ended, "a stream cut by a dead edge must not look complete");
+    let resp = world
+        .get(&cloud, "edge-1", "/containerLogs/default/web/app", &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+}
