@@ -296,13 +296,13 @@ pub struct IncomingStream {
 /// The streams the peer opens (edge side). Ends when the session ends.
 #[derive(Debug)]
 pub struct Incoming {
-    rx: mpsc::Receiver<IncomingStream>,
+    rx: mpsc::Receiver<Box<IncomingStream>>,
 }
 
 impl Incoming {
     /// The next stream the cloud opened, or `None` once the session is over.
     pub async fn accept(&mut self) -> Option<IncomingStream> {
-        self.rx.recv().await
+        self.rx.recv().await.map(|boxed| *boxed)
     }
 }
 
@@ -311,7 +311,7 @@ pub struct SessionDriver {
     io: Box<dyn Io>,
     shared: Arc<Shared>,
     data_rx: mpsc::UnboundedReceiver<Outbound>,
-    incoming_tx: mpsc::Sender<IncomingStream>,
+    incoming_tx: mpsc::Sender<Box<IncomingStream>>,
     leftover: Bytes,
 }
 
@@ -686,7 +686,7 @@ fn encode_message(out: &mut BytesMut, role: WsRole, opcode: OpCode, msg: &Messag
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     reader: &mut FrameReader<R>,
-    incoming: &mpsc::Sender<IncomingStream>,
+    incoming: &mpsc::Sender<Box<IncomingStream>>,
 ) -> Result<()> {
     loop {
         let Some(event) = reader.next().await? else {
@@ -727,7 +727,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn dispatch(
     shared: &Arc<Shared>,
     msg: Message,
-    incoming: &mpsc::Sender<IncomingStream>,
+    incoming: &mpsc::Sender<Box<IncomingStream>>,
 ) -> Result<()> {
     let id = msg.connect_id;
     trace!(node = %shared.node.name, connect_id = %id, kind = %msg.kind, len = msg.data.len(), "received");
@@ -863,7 +863,7 @@ fn reset_stream(shared: &Shared, stream: &StreamShared, code: ResetCode, reason:
 }
 
 /// Registers a stream the cloud opened and queues it for [`Incoming::accept`] (edge side).
-fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<IncomingStream>) {
+fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<Box<IncomingStream>>) {
     let id = msg.connect_id;
     let refuse = |reason: &str| {
         warn!(node = %shared.node.name, connect_id = %id, reason, "refusing stream");
@@ -901,7 +901,9 @@ fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<Inc
         Err(e) => return refuse(&e.to_string()),
     };
     let stream = Stream::new(stream_shared, shared.clone());
-    if let Err(err) = incoming.try_send(IncomingStream { request, stream }) {
+    // Boxed: tokio allocates a channel's first block of 32 slots up front, and 32 unboxed
+    // streams would cost every session (the cloud's too) 10 KiB before any is opened.
+    if let Err(err) = incoming.try_send(Box::new(IncomingStream { request, stream })) {
         // Dropping the stream inside the error resets it and removes it from the map.
         drop(err);
         warn!(connect_id = %id, "too many streams waiting to be accepted");
