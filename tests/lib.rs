@@ -363,3 +363,16 @@ impl Edge {
         })
     }
 }
+
+/// Reads a response body to its end and tells how it ended: `true` if it was cut (an
+/// error, so the client knows it is incomplete), `false` if it ended cleanly.
+pub async fn body_was_cut(body: &mut Incoming) -> bool {
+    use http_body_util::BodyExt;
+    loop {
+        match body.frame().await {
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => return true,
+            None => return false,
+        }
+    }
+}

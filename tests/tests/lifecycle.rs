@@ -305,17 +305,9 @@ async fn a_frozen_edge_is_declared_dead_and_its_streams_fail() {
     // Freeze the edge: its socket stays open, but nothing answers.
     let pid = nix::unistd::Pid::from_raw(edge.process.child.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let ended = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match follow.frame().await {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => return true,
-                None => return false,
-            }
-        }
-    })
-    .await
-    .expect("the stream of a dead edge must fail");
+    let ended = tokio::time::timeout(PATIENCE, tether_e2e::body_was_cut(&mut follow))
+        .await
+        .expect("the stream of a dead edge must fail");
     assert!(ended, "a stream cut by a dead edge must not look complete");
     let resp = world
         .get(&cloud, "edge-1", "/containerLogs/default/web/app", &[])

@@ -199,17 +199,9 @@ async fn the_tunnel_dropping_mid_stream_ends_the_response_promptly() {
     assert!(first.is_some());
     // The edge dies without a goodbye.
     edge.process.child.kill().await.unwrap();
-    let ended = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match body.frame().await {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => return true, // cut: the client knows it is incomplete
-                None => return false,
-            }
-        }
-    })
-    .await
-    .expect("the response must end promptly when the tunnel drops");
+    let ended = tokio::time::timeout(PATIENCE, tether_e2e::body_was_cut(&mut body))
+        .await
+        .expect("the response must end promptly when the tunnel drops");
     assert!(ended, "a cut stream must not look like a clean end");
     // And the node is gone from the registry: 503, not a hang.
     let resp = world
@@ -366,15 +358,7 @@ async fn kubeedge_dialect_the_stall_limit_frees_the_other_stream() {
         .unwrap();
     assert_eq!(n, 64 << 20);
     // The stuck stream was cut, and its client can tell.
-    let cut = async {
-        loop {
-            match stuck_body.frame().await {
-                Some(Ok(_)) => continue,
-                Some(Err(_)) => return true,
-                None => return false,
-            }
-        }
-    };
+    let cut = tether_e2e::body_was_cut(&mut stuck_body);
     assert!(tokio::time::timeout(PATIENCE, cut).await.unwrap());
 }
 
