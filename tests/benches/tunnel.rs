@@ -20,7 +20,8 @@
 //! (repetitions per bulk measurement, median reported, default 3), `TETHER_BENCH_RTT`
 //! (round trips, default 2000), `TETHER_BENCH_SESSIONS` (idle sessions, default 10000, capped
 //! by the fd limit; 0 skips), `TETHER_BENCH_SESSION_ROUNDS` (default 2), `TETHER_BENCH_LOG` (RUST_LOG of the binaries, default `info`),
-//! `TETHER_BENCH_ONLY` (comma-separated scenario numbers, e.g. `1,3`).
+//! `TETHER_BENCH_ONLY` (comma-separated scenario numbers, e.g. `1,3`); scenario 7 (many
+//! streams on one session, with and without a stalled reader) takes `TETHER_BENCH_STREAMS`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -531,6 +532,37 @@ async fn logs(b: &Bench, via: Via, streams: usize, n: u64) -> Result<u64> {
     Ok(total)
 }
 
+/// Size of each of the many small log streams of scenario 7.
+const TINY: u64 = 256 << 10;
+
+/// Scenario 7: `streams` concurrent log streams of [`TINY`] bytes through the tunnel,
+/// optionally while one more stream (the big container) has a reader that took one frame and
+/// stopped. Returns the aggregate rate of the small streams in MB/s.
+async fn many_streams(b: &Bench, streams: usize, stalled: bool) -> Result<f64> {
+    let mut stuck = None;
+    if stalled {
+        let (io, host) = b.connect(Via::Tunnel).await?;
+        let resp = http_get(io, host, "/containerLogs/default/big/app", &[]).await?;
+        ensure!(resp.status() == StatusCode::OK, "status {}", resp.status());
+        let mut body = resp.into_body();
+        body.frame().await;
+        // Kept, unread, until the small streams are done.
+        stuck = Some(body);
+    }
+    let started = Instant::now();
+    let results =
+        futures_util::future::join_all((0..streams).map(|_| logs_one(b, Via::Tunnel, "tiny")))
+            .await;
+    let elapsed = started.elapsed();
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    ensure!(total == TINY * streams as u64, "got {total} bytes");
+    drop(stuck);
+    Ok(total as f64 / elapsed.as_secs_f64() / 1e6)
+}
+
 /// A TCP server that sends `data` to every connection, then closes it.
 async fn source_server(data: Bytes) -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -965,6 +997,7 @@ async fn run() -> Result<()> {
                 ContainerSpec::with_logs(&b"hello\n"[..]),
             )
             .container("default", "warm", "app", ContainerSpec::generated(4 << 20))
+            .container("default", "tiny", "app", ContainerSpec::generated(TINY))
             .container("default", "big", "app", ContainerSpec::generated(bulk));
         for i in 0..4 {
             builder = builder.container(
@@ -1201,6 +1234,41 @@ async fn run() -> Result<()> {
             );
         }
     }
+    if want(7) {
+        let streams = env_num("TETHER_BENCH_STREAMS", 1000) as usize;
+        println!();
+        println!(
+            "7. {streams} concurrent log streams of {} KiB on one session, tunnel only:",
+            TINY >> 10
+        );
+        // Warm-up, then each case twice; the better run of each is reported.
+        let _ = many_streams(&b, streams.min(50), false).await;
+        let mut free = Vec::new();
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            free.push(many_streams(&b, streams, false).await);
+            stalled.push(many_streams(&b, streams, true).await);
+        }
+        let best = |v: &[Result<f64>]| {
+            v.iter()
+                .filter_map(|r| r.as_ref().ok().copied())
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+        };
+        for r in free.iter().chain(stalled.iter()) {
+            if let Err(e) = r {
+                println!("  a run FAILED: {e:#}");
+            }
+        }
+        match (best(&free), best(&stalled)) {
+            (Some(f), Some(st)) => println!(
+                "  aggregate {f:.0} MB/s with every reader reading; {st:.0} MB/s while one more \
+                 stream's reader is stalled ({:.0} % of the free rate; target: costs < 10 %)",
+                st / f * 100.0
+            ),
+            _ => println!("  no complete measurement"),
+        }
+    }
+
     let cloud_errors = b
         .cloud
         .bin
