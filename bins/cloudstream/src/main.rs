@@ -115,7 +115,8 @@ fn main() -> Result<()> {
             .with_observer(Arc::new(metrics.clone()));
         let stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
             .with_observer(Arc::new(metrics.clone()));
-        let stream = with_pod_resolver(stream, settings.pod_kubeconfig.as_deref()).await?;
+        let (stream, pod_watch) =
+            with_pod_resolver(stream, settings.pod_kubeconfig.as_deref(), shutdown.clone()).await?;
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));
         let sampler = tokio::spawn(admin::sample_rtt(
@@ -145,6 +146,9 @@ fn main() -> Result<()> {
         tunnel_result.context("tunnel server task")??;
         stream_result.context("stream server task")??;
         let _ = sampler.await;
+        if let Some(task) = pod_watch {
+            let _ = task.await;
+        }
         admin_stop.cancel();
         if let Some(task) = admin_task {
             task.await.context("admin task")??;
@@ -157,26 +161,48 @@ fn main() -> Result<()> {
 /// How often live sessions' ping round trips are recorded.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Finds pods' nodes through the Kubernetes API when configured (`podResolver`).
+/// Finds pods' nodes through the Kubernetes API: the configured kubeconfig, or the
+/// in-cluster service account. Returns the server and the watch task that feeds the cache.
 #[cfg(feature = "k8s")]
 async fn with_pod_resolver(
     stream: StreamServer,
     kubeconfig: Option<&std::path::Path>,
-) -> Result<StreamServer> {
-    let Some(path) = kubeconfig else {
-        return Ok(stream);
+    shutdown: CancellationToken,
+) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
+    use stream_server::pods::kube::{KubeApi, KubePodResolver, ResolverOptions, connect};
+    let api = KubeApi {
+        kubeconfig: kubeconfig.map(std::path::Path::to_owned),
+        master: None,
     };
-    let resolver = stream_server::pods::kube::KubePodResolver::from_kubeconfig(path)
+    let Some((client, source)) = connect(&api)
         .await
-        .with_context(|| format!("podResolver.kubeconfig {}", path.display()))?;
-    Ok(stream.with_pod_resolver(Arc::new(resolver)))
+        .context("the Kubernetes API (kubeAPIConfig)")?
+    else {
+        warn!(
+            "no Kubernetes API configured (kubeAPIConfig.kubeConfig or --kubeconfig, or run in a \
+             pod): pod requests are routed by their Host header only, which kube-apiserver does \
+             not set to the node for SPDY exec, attach and port-forward"
+        );
+        return Ok((stream, None));
+    };
+    let (resolver, watch) =
+        KubePodResolver::new(client, ResolverOptions::default()).context("the pod resolver")?;
+    info!(%source, "finding pods' nodes through the Kubernetes API");
+    let task = tokio::spawn(watch.run(shutdown));
+    Ok((stream.with_pod_resolver(Arc::new(resolver)), Some(task)))
 }
 
-/// Without the `k8s` feature `settings` refuses `podResolver`, so there is nothing to add.
+/// Without the `k8s` feature there is no Kubernetes client; say so if one was configured.
 #[cfg(not(feature = "k8s"))]
 async fn with_pod_resolver(
     stream: StreamServer,
-    _kubeconfig: Option<&std::path::Path>,
-) -> Result<StreamServer> {
-    Ok(stream)
+    kubeconfig: Option<&std::path::Path>,
+    _shutdown: CancellationToken,
+) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
+    if kubeconfig.is_some() {
+        warn!(
+            "this cloudstream was built without the `k8s` feature: the Kubernetes API settings are ignored"
+        );
+    }
+    Ok((stream, None))
 }

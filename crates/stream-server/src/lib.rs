@@ -14,7 +14,8 @@
 //! - [`route`]: the kubelet routes served, and nothing else.
 //! - [`node`]: which node a request is for (Host, HTTP/2 authority, node proxy path).
 //! - [`observe`]: what is reported about each stream (metrics hooks, one log line each).
-//! - [`pods`]: the pod → node fallback when the host names no connected node.
+//! - [`pods`]: which node runs a pod (a watch-fed cache of the Kubernetes API, feature `k8s`).
+//! - `resolve` (private): the order in which the proxy path, the pod and `Host` name the node.
 //! - [`server`]: TLS with client certificates, HTTP/1.1 and HTTP/2, drain on shutdown.
 //! - `relay` and `body` (private): the one relay every operation goes through.
 
@@ -24,11 +25,12 @@ pub mod node;
 pub mod observe;
 pub mod pods;
 mod relay;
+mod resolve;
 pub mod route;
 pub mod server;
 
 pub use error::{Error, Result};
 pub use observe::{NoRelayObserver, RelayObserver};
-pub use pods::PodResolver;
+pub use pods::{Placement, PodResolver};
 pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use server::{StreamServer, StreamServerConfig};

@@ -10,16 +10,23 @@ use http::Request;
 /// Header the apiserver's proxy sets to the original request path.
 pub const FORWARDED_URI_HEADER: &str = "x-forwarded-uri";
 
-/// The node a request names, as text (a node name or an IP literal without brackets).
+/// The node a request names, as text (a node name or an IP literal without brackets): the
+/// node proxy path if there is one, else the host.
 pub fn node_of<B>(req: &Request<B>) -> Option<String> {
-    if let Some(node) = req
-        .headers()
+    node_of_proxy_path(req).or_else(|| node_of_host(req))
+}
+
+/// The node named by the apiserver's node proxy path in `X-Forwarded-Uri`
+/// (`/api/v1/nodes/<node>/proxy/…`), if the request came that way.
+pub fn node_of_proxy_path<B>(req: &Request<B>) -> Option<String> {
+    req.headers()
         .get(FORWARDED_URI_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(node_from_proxy_path)
-    {
-        return Some(node);
-    }
+}
+
+/// The host the request was sent to (HTTP/2 authority or `Host`), without the port.
+pub fn node_of_host<B>(req: &Request<B>) -> Option<String> {
     let host = req
         .uri()
         .authority()

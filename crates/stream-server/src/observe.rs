@@ -24,6 +24,10 @@ pub trait RelayObserver: Send + Sync + 'static {
     /// `unavailable`, `timeout` or `other` when no stream was relayed, and `cut` when a
     /// relayed stream broke (stall limit, tunnel lost, reset by the edge).
     fn stream_failed(&self, _operation: Operation, _reason: &'static str) {}
+    /// A pod's node was looked up for a pod subresource. `source` is `cache` or `api` (a
+    /// round trip to the Kubernetes API); `result` is `found`, `not_found`, `unscheduled` or
+    /// `error`.
+    fn pod_lookup(&self, _source: &'static str, _result: &'static str) {}
 }
 
 /// An observer that records nothing.

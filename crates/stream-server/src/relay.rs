@@ -21,12 +21,12 @@ use hyper::body::Incoming;
 use stream_proto::{ConnectRequest, GoUrl, OpenResult, canonical_header_key};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info_span, warn};
-use tunnel_session::{Dialect, NodeKey, SessionDirectory, Stream};
+use tunnel_session::{Dialect, SessionDirectory, Stream};
 
 use crate::body::{READ_CHUNK, TunnelBody};
-use crate::node::node_of;
 use crate::observe::{RelayObserver, StreamRecord};
 use crate::pods::PodResolver;
+use crate::resolve::resolve;
 use crate::route::{NoRoute, Operation, classify, connect_kind};
 
 /// The response body type of the stream server.
@@ -73,50 +73,20 @@ impl Relay {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
             }
         };
-        let node = node_of(&req);
-        let mut session = node
-            .as_deref()
-            .and_then(|n| self.directory.find(NodeKey::parse(n)));
-        let mut named = node.clone();
-        if session.is_none()
-            && let (Some(resolver), Some(pod)) = (&self.pods, &pod)
-        {
-            match resolver.node_of_pod(&pod.namespace, &pod.name).await {
-                Ok(Some(pod_node)) => {
-                    session = self.directory.find(NodeKey::Name(&pod_node));
-                    named = Some(pod_node);
-                }
-                Ok(None) => {
-                    return text(
-                        StatusCode::NOT_FOUND,
-                        &format!(
-                            "pod {}/{} not found or not scheduled",
-                            pod.namespace, pod.name
-                        ),
-                    );
-                }
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("looking up the pod's node: {e}"),
-                    );
-                }
+        let target = resolve(
+            &req,
+            pod.as_ref(),
+            self.directory.as_ref(),
+            self.pods.as_deref(),
+            self.observer.as_ref(),
+        )
+        .await;
+        let session = match target {
+            Ok(target) => target.session,
+            Err(unresolved) => {
+                self.observer.stream_failed(op, unresolved.reason);
+                return text(unresolved.status, &unresolved.message);
             }
-        }
-        let Some(session) = session else {
-            self.observer.stream_failed(op, "no_session");
-            return match named {
-                Some(node) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "no tunnel session for node {node}: the node is not connected to this cloudstream"
-                    ),
-                ),
-                None => text(
-                    StatusCode::BAD_REQUEST,
-                    "the request names no node (no Host header or node proxy path)",
-                ),
-            };
         };
         let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
         async move {

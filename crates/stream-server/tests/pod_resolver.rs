@@ -1,557 +1,257 @@
-//! `KubePodResolver` against a fake Kubernetes API server over HTTPS.
-//!
-//! The fake answers `GET /api/v1/namespaces/{ns}/pods/{name}` the way kube-apiserver does: a
-//! Pod object, or a `Status` for 404/401/500. It counts the GETs, so the tests can tell a
-//! cached answer from a fresh one.
+//! `KubePodResolver` against the test API server over HTTPS: the watch fills the cache so
+//! lookups cost no round trip, a miss costs one GET, and failures are errors, not hangs.
 
 #![cfg(feature = "k8s")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use kube::config::AuthInfo;
-use serde_json::{Value, json};
-use stream_server::Error;
-use stream_server::pods::PodResolver;
-use stream_server::pods::kube::KubePodResolver;
-use test_support::pki::{self, TestPki};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use anyhow::Result;
+use stream_server::pods::kube::{ApiSource, KubeApi, KubePodResolver, ResolverOptions, connect};
+use stream_server::pods::{AnswerSource, Placement, PodResolver};
+use test_support::apiserver::{TestApiServer, TestPod};
+use test_support::pki::TestPki;
+use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "test-token";
+const PATIENCE: Duration = Duration::from_secs(20);
 
-/// What the fake API knows about one pod.
-#[derive(Clone)]
-enum FakePod {
-    /// Scheduled on this node.
-    On(&'static str),
-    /// Pending, no node yet.
-    Unscheduled,
-    /// The apiserver fails with 500.
-    Broken,
-    /// The apiserver takes this long to answer.
-    Slow(Duration),
+struct Fixture {
+    api: TestApiServer,
+    dir: tempfile::TempDir,
+    resolver: KubePodResolver,
+    stop: CancellationToken,
+    watch: tokio::task::JoinHandle<()>,
 }
 
-/// A fake kube-apiserver on 127.0.0.1 serving pods over HTTPS.
-struct FakeApi {
-    addr: SocketAddr,
-    pki: TestPki,
-    gets: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeApi {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl FakeApi {
-    async fn start(pods: &[(&str, &str, FakePod)]) -> Result<Self> {
+impl Fixture {
+    async fn start(options: ResolverOptions) -> Result<Fixture> {
         let pki = TestPki::new()?;
-        let identity = pki.server(&["127.0.0.1"])?;
-        let acceptor = TlsAcceptor::from(pki::server_config(&identity, None)?);
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let pods: Arc<HashMap<(String, String), FakePod>> = Arc::new(
-            pods.iter()
-                .map(|(ns, name, pod)| (((*ns).to_owned(), (*name).to_owned()), pod.clone()))
-                .collect(),
-        );
-        let gets = Arc::new(AtomicUsize::new(0));
-        let counter = gets.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let pods = pods.clone();
-                let gets = counter.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = service_fn(move |req| {
-                        let pods = pods.clone();
-                        let gets = gets.clone();
-                        async move { Ok::<_, std::convert::Infallible>(answer(req, &pods, &gets).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            pki,
-            gets,
-            task,
+        let api = TestApiServer::builder(&pki).start().await?;
+        api.put_pod(TestPod::running("default", "web-0", "edge-1", &["web"]));
+        api.put_pod(TestPod::running("kube-system", "web-0", "edge-2", &["web"]));
+        api.put_pod(TestPod::unscheduled("default", "pending", &["web"]));
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = api.write_kubeconfig(dir.path())?;
+        let (client, source) = connect(&KubeApi {
+            kubeconfig: Some(kubeconfig.clone()),
+            master: None,
+        })
+        .await?
+        .expect("a kubeconfig is configured");
+        assert_eq!(source, ApiSource::Kubeconfig(kubeconfig));
+        let (resolver, watch) = KubePodResolver::new(client, options)?;
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch.run(stop.clone()));
+        Ok(Fixture {
+            api,
+            dir,
+            resolver,
+            stop,
+            watch,
         })
     }
 
-    fn url(&self) -> String {
-        format!("https://{}", self.addr)
+    async fn synced(&self) {
+        tokio::time::timeout(PATIENCE, self.resolver.synced())
+            .await
+            .expect("the pod watch syncs");
     }
 
-    fn gets(&self) -> usize {
-        self.gets.load(Ordering::SeqCst)
-    }
-
-    /// A client trusting the fake's CA and sending the expected bearer token.
-    fn client(&self) -> Result<kube::Client> {
-        let mut config = kube::Config::new(self.url().parse()?);
-        config.root_cert = Some(vec![self.pki.ca_der().to_vec()]);
-        config.auth_info = serde_json::from_value::<AuthInfo>(json!({ "token": TOKEN }))?;
-        Ok(kube::Client::try_from(config)?)
-    }
-
-    fn resolver(&self) -> Result<KubePodResolver> {
-        Ok(KubePodResolver::new(self.client()?))
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(PATIENCE, self.watch)
+            .await
+            .expect("the watch stops on shutdown")
+            .unwrap();
+        self.api.shutdown().await;
     }
 }
 
-async fn answer(
-    req: Request<Incoming>,
-    pods: &HashMap<(String, String), FakePod>,
-    gets: &AtomicUsize,
-) -> Response<Full<Bytes>> {
-    let path: Vec<&str> = req.uri().path().split('/').collect();
-    let ["", "api", "v1", "namespaces", ns, "pods", name] = path[..] else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
-    };
-    if req.method() != http::Method::GET {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "only GET here",
-        );
-    }
-    gets.fetch_add(1, Ordering::SeqCst);
-    let authorized = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes() == format!("Bearer {TOKEN}").as_bytes());
-    if !authorized {
-        return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
-    }
-    match pods.get(&(ns.to_owned(), name.to_owned())) {
-        None => status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pods \"{name}\" not found"),
-        ),
-        Some(FakePod::On(node)) => json_response(StatusCode::OK, &pod_json(ns, name, Some(node))),
-        Some(FakePod::Unscheduled) => json_response(StatusCode::OK, &pod_json(ns, name, None)),
-        Some(FakePod::Broken) => status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "Internal error occurred: etcdserver: request timed out",
-        ),
-        Some(FakePod::Slow(delay)) => {
-            tokio::time::sleep(*delay).await;
-            json_response(StatusCode::OK, &pod_json(ns, name, Some("slow-node")))
+/// Waits until `check` holds, re-checking every few milliseconds (the watch delivers
+/// asynchronously); fails after [`PATIENCE`].
+async fn eventually(mut check: impl FnMut() -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    }
-}
-
-/// A Pod as kube-apiserver returns it (trimmed, but with the fields clients rely on).
-fn pod_json(ns: &str, name: &str, node: Option<&str>) -> Value {
-    let mut spec = json!({
-        "containers": [{
-            "name": "app",
-            "image": "registry.k8s.io/pause:3.10",
-            "resources": {},
-            "terminationMessagePath": "/dev/termination-log",
-            "terminationMessagePolicy": "File",
-            "imagePullPolicy": "IfNotPresent"
-        }],
-        "restartPolicy": "Always",
-        "terminationGracePeriodSeconds": 30,
-        "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default",
-        "schedulerName": "default-scheduler",
-        "tolerations": [{
-            "key": "node.kubernetes.io/not-ready",
-            "operator": "Exists",
-            "effect": "NoExecute",
-            "tolerationSeconds": 300
-        }],
-        "priority": 0,
-        "enableServiceLinks": true,
-        "preemptionPolicy": "PreemptLowerPriority"
-    });
-    let status = match node {
-        Some(node) => {
-            spec["nodeName"] = json!(node);
-            json!({
-                "phase": "Running",
-                "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": "2026-11-25T10:00:05Z" }],
-                "hostIP": "10.0.0.7",
-                "podIP": "10.244.1.12",
-                "startTime": "2026-11-25T10:00:00Z",
-                "qosClass": "BestEffort"
-            })
-        }
-        None => json!({
-            "phase": "Pending",
-            "conditions": [{
-                "type": "PodScheduled",
-                "status": "False",
-                "lastTransitionTime": "2026-11-25T10:00:00Z",
-                "reason": "Unschedulable",
-                "message": "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
-            }],
-            "qosClass": "BestEffort"
-        }),
-    };
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "uid": "6f0c3b2e-9d3a-4c1e-8a55-2f4f7c1d9e01",
-            "resourceVersion": "48213",
-            "creationTimestamp": "2026-11-25T10:00:00Z",
-            "labels": { "app": "demo" }
-        },
-        "spec": spec,
-        "status": status
     })
-}
-
-fn status(code: StatusCode, reason: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        code,
-        &json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": message,
-            "reason": reason,
-            "code": code.as_u16()
-        }),
-    )
-}
-
-fn json_response(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
-    *res.status_mut() = code;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    res
+    .await
+    .expect("condition reached");
 }
 
 #[tokio::test]
-async fn scheduled_pod_gives_its_node_and_is_cached() -> Result<()> {
-    let api = FakeApi::start(&[("default", "web-0", FakePod::On("edge-node-1"))]).await?;
-    let resolver = api.resolver()?;
+async fn watched_pods_cost_no_api_round_trip() -> Result<()> {
+    let f = Fixture::start(ResolverOptions::default()).await?;
+    f.synced().await;
+    let gets = f.api.counters().pod_gets();
+    for _ in 0..100 {
+        let answer = f.resolver.placement("default", "web-0").await?;
+        assert_eq!(answer.placement, Placement::Node("edge-1".into()));
+        assert_eq!(answer.source, AnswerSource::Cache);
+    }
+    let other = f.resolver.placement("kube-system", "web-0").await?;
+    assert_eq!(other.placement, Placement::Node("edge-2".into()));
+    assert_eq!(f.api.counters().pod_gets(), gets, "no GET for cached pods");
+    assert_eq!(f.api.counters().pod_lists(), 1);
+    let stats = f.resolver.stats();
+    assert!(stats.synced && stats.watching);
+    assert_eq!(stats.cached, 2, "unscheduled pods are not watched");
+    f.stop().await;
+    Ok(())
+}
 
+#[tokio::test]
+async fn the_watch_follows_new_moved_and_deleted_pods() -> Result<()> {
+    let f = Fixture::start(ResolverOptions::default()).await?;
+    f.synced().await;
+    f.api
+        .put_pod(TestPod::running("default", "late", "edge-3", &["c"]));
+    eventually(|| f.resolver.stats().cached == 3).await;
+    let gets = f.api.counters().pod_gets();
     assert_eq!(
-        resolver.node_of_pod("default", "web-0").await?.as_deref(),
-        Some("edge-node-1")
+        f.resolver.placement("default", "late").await?.placement,
+        Placement::Node("edge-3".into())
     );
-    assert_eq!(api.gets(), 1);
+    // Deleted and re-created under the same name elsewhere (a StatefulSet replica).
+    assert!(f.api.delete_pod("default", "late"));
+    eventually(|| f.resolver.stats().cached == 2).await;
+    f.api
+        .put_pod(TestPod::running("default", "late", "edge-1", &["c"]));
+    eventually(|| f.resolver.stats().cached == 3).await;
     assert_eq!(
-        resolver.node_of_pod("default", "web-0").await?.as_deref(),
-        Some("edge-node-1")
+        f.resolver.placement("default", "late").await?.placement,
+        Placement::Node("edge-1".into())
     );
-    assert_eq!(api.gets(), 1, "the second lookup must come from the cache");
-    assert_eq!(resolver.cached(), 1);
-
-    resolver.invalidate("default", "web-0");
-    assert_eq!(
-        resolver.node_of_pod("default", "web-0").await?.as_deref(),
-        Some("edge-node-1")
-    );
-    assert_eq!(api.gets(), 2, "an invalidated entry is looked up again");
+    // Scheduling an unscheduled pod brings it into the watch.
+    f.api
+        .put_pod(TestPod::running("default", "pending", "edge-2", &["web"]));
+    eventually(|| f.resolver.stats().cached == 4).await;
+    assert_eq!(f.api.counters().pod_gets(), gets);
+    f.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn missing_pod_gives_none_and_is_not_cached() -> Result<()> {
-    let api = FakeApi::start(&[]).await?;
-    let resolver = api.resolver()?;
-
-    assert_eq!(resolver.node_of_pod("default", "ghost").await?, None);
-    assert_eq!(resolver.node_of_pod("default", "ghost").await?, None);
-    assert_eq!(
-        api.gets(),
-        2,
-        "negative answers are not cached: the pod may be created any time"
-    );
-    Ok(())
-}
-
-#[tokio::test]
-async fn unscheduled_pod_gives_none() -> Result<()> {
-    let api = FakeApi::start(&[("jobs", "pending-1", FakePod::Unscheduled)]).await?;
-    let resolver = api.resolver()?;
-
-    assert_eq!(resolver.node_of_pod("jobs", "pending-1").await?, None);
-    assert_eq!(resolver.cached(), 0);
-    Ok(())
-}
-
-#[tokio::test]
-async fn namespaces_are_kept_apart() -> Result<()> {
-    let api = FakeApi::start(&[
-        ("a", "same", FakePod::On("node-a")),
-        ("b", "same", FakePod::On("node-b")),
-    ])
-    .await?;
-    let resolver = api.resolver()?;
-
-    assert_eq!(
-        resolver.node_of_pod("a", "same").await?.as_deref(),
-        Some("node-a")
-    );
-    assert_eq!(
-        resolver.node_of_pod("b", "same").await?.as_deref(),
-        Some("node-b")
-    );
-    assert_eq!(
-        resolver.node_of_pod("a", "same").await?.as_deref(),
-        Some("node-a")
-    );
-    assert_eq!(api.gets(), 2);
-    Ok(())
-}
-
-#[tokio::test]
-async fn server_error_is_a_pod_lookup_error() -> Result<()> {
-    let api = FakeApi::start(&[("default", "cursed", FakePod::Broken)]).await?;
-    let resolver = api.resolver()?;
-
-    let err = resolver.node_of_pod("default", "cursed").await.unwrap_err();
-    let Error::PodLookup(message) = &err else {
-        panic!("expected PodLookup, got {err:?}")
-    };
-    assert!(message.contains("default/cursed"), "{message}");
-    assert!(message.contains("500"), "{message}");
-    assert!(
-        message.contains("etcdserver: request timed out"),
-        "{message}"
-    );
-    assert_eq!(resolver.cached(), 0);
-    Ok(())
-}
-
-#[tokio::test]
-async fn rejected_credentials_are_a_pod_lookup_error() -> Result<()> {
-    let api = FakeApi::start(&[("default", "web-0", FakePod::On("edge-node-1"))]).await?;
-    let mut config = kube::Config::new(api.url().parse()?);
-    config.root_cert = Some(vec![api.pki.ca_der().to_vec()]);
-    let resolver = KubePodResolver::new(kube::Client::try_from(config)?);
-
-    let err = resolver.node_of_pod("default", "web-0").await.unwrap_err();
-    assert!(matches!(err, Error::PodLookup(_)), "{err:?}");
-    assert!(err.to_string().contains("Unauthorized"), "{err}");
-    Ok(())
-}
-
-#[tokio::test]
-async fn untrusted_server_is_a_pod_lookup_error() -> Result<()> {
-    let api = FakeApi::start(&[("default", "web-0", FakePod::On("edge-node-1"))]).await?;
-    let other_ca = TestPki::new()?;
-    let mut config = kube::Config::new(api.url().parse()?);
-    config.root_cert = Some(vec![other_ca.ca_der().to_vec()]);
-    let resolver = KubePodResolver::new(kube::Client::try_from(config)?);
-
-    let err = resolver.node_of_pod("default", "web-0").await.unwrap_err();
-    assert!(matches!(err, Error::PodLookup(_)), "{err:?}");
-    assert!(
-        err.to_string().contains("certificate"),
-        "the TLS cause is reported: {err}"
-    );
-    assert_eq!(api.gets(), 0);
-    Ok(())
-}
-
-#[tokio::test]
-async fn slow_server_times_out() -> Result<()> {
-    let api =
-        FakeApi::start(&[("default", "sloth", FakePod::Slow(Duration::from_secs(5)))]).await?;
-    let resolver = api
-        .resolver()?
-        .with_lookup_timeout(Duration::from_millis(200));
-
-    let started = std::time::Instant::now();
-    let err = resolver.node_of_pod("default", "sloth").await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let Error::PodLookup(message) = &err else {
-        panic!("expected PodLookup, got {err:?}")
-    };
-    assert!(message.contains("within"), "{message}");
-    Ok(())
-}
-
-#[tokio::test]
-async fn invalid_names_never_reach_the_api() -> Result<()> {
-    let api = FakeApi::start(&[]).await?;
-    let resolver = api.resolver()?;
-
+async fn a_miss_costs_one_get() -> Result<()> {
+    let f = Fixture::start(ResolverOptions::default()).await?;
+    f.synced().await;
+    let gets = f.api.counters().pod_gets();
+    let missing = f.resolver.placement("default", "nope").await?;
+    assert_eq!(missing.placement, Placement::NotFound);
+    assert_eq!(missing.source, AnswerSource::Api);
+    assert_eq!(f.api.counters().pod_gets(), gets + 1);
+    let pending = f.resolver.placement("default", "pending").await?;
+    assert_eq!(pending.placement, Placement::Unscheduled);
+    assert_eq!(f.api.counters().pod_gets(), gets + 2);
+    // Names no pod can have never reach the API.
     for (ns, pod) in [
-        ("default", ".."),
         ("..", "x"),
-        ("default", "a?watch=1"),
         ("default", "a%2Fb"),
-        ("", "x"),
-        ("default", ""),
+        ("Default", "x"),
+        ("a", "b?c"),
     ] {
-        assert_eq!(resolver.node_of_pod(ns, pod).await?, None, "{ns}/{pod}");
+        assert_eq!(
+            f.resolver.placement(ns, pod).await?.placement,
+            Placement::NotFound
+        );
     }
-    assert_eq!(api.gets(), 0);
+    assert_eq!(f.api.counters().pod_gets(), gets + 2);
+    f.stop().await;
     Ok(())
 }
 
 #[tokio::test]
-async fn cache_entries_expire() -> Result<()> {
-    let api = FakeApi::start(&[("default", "web-0", FakePod::On("edge-node-1"))]).await?;
-    let resolver = api.resolver()?.with_cache_ttl(Duration::from_millis(100));
-
-    resolver.node_of_pod("default", "web-0").await?;
-    resolver.node_of_pod("default", "web-0").await?;
-    assert_eq!(api.gets(), 1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(
-        resolver.node_of_pod("default", "web-0").await?.as_deref(),
-        Some("edge-node-1")
-    );
-    assert_eq!(api.gets(), 2, "an expired entry is looked up again");
-    Ok(())
-}
-
-#[tokio::test]
-async fn cache_is_bounded() -> Result<()> {
-    let api = FakeApi::start(&[
-        ("default", "p1", FakePod::On("n1")),
-        ("default", "p2", FakePod::On("n2")),
-        ("default", "p3", FakePod::On("n3")),
-    ])
+async fn without_the_api_cached_pods_still_resolve_and_misses_fail() -> Result<()> {
+    let f = Fixture::start(ResolverOptions {
+        lookup_timeout: Duration::from_secs(2),
+        ..ResolverOptions::default()
+    })
     .await?;
-    let resolver = api.resolver()?.with_cache_capacity(2);
-
-    for pod in ["p1", "p2", "p3"] {
-        resolver.node_of_pod("default", pod).await?;
-        // Distinct insertion instants, so "oldest" is well defined.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert_eq!(resolver.cached(), 2);
-    assert_eq!(api.gets(), 3);
-    resolver.node_of_pod("default", "p3").await?;
-    resolver.node_of_pod("default", "p2").await?;
-    assert_eq!(api.gets(), 3, "the two newest stay cached");
-    resolver.node_of_pod("default", "p1").await?;
-    assert_eq!(api.gets(), 4, "the oldest was evicted");
-    assert_eq!(resolver.cached(), 2);
-    Ok(())
-}
-
-#[tokio::test]
-async fn cache_can_be_turned_off() -> Result<()> {
-    let api = FakeApi::start(&[("default", "web-0", FakePod::On("edge-node-1"))]).await?;
-    let resolver = api.resolver()?.with_cache_capacity(0);
-
-    resolver.node_of_pod("default", "web-0").await?;
-    resolver.node_of_pod("default", "web-0").await?;
-    assert_eq!(api.gets(), 2);
-    assert_eq!(resolver.cached(), 0);
-    Ok(())
-}
-
-#[tokio::test]
-async fn from_kubeconfig_reads_server_ca_and_token() -> Result<()> {
-    let api = FakeApi::start(&[(
-        "kube-system",
-        "coredns-5d78c9869d-x2x7q",
-        FakePod::On("edge-node-2"),
-    )])
-    .await?;
-    let dir = TempDir::new("kubeconfig")?;
-    let ca = api.pki.write_ca(&dir.0)?;
-    let kubeconfig = dir.0.join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: fake
-  cluster:
-    server: {url}
-    certificate-authority: {ca}
-users:
-- name: cloudstream
-  user:
-    token: {TOKEN}
-contexts:
-- name: fake
-  context:
-    cluster: fake
-    user: cloudstream
-current-context: fake
-",
-            url = api.url(),
-            ca = ca.display(),
-        ),
-    )?;
-    let resolver = KubePodResolver::from_kubeconfig(&kubeconfig).await?;
+    f.synced().await;
+    f.api.set_unavailable(true);
+    eventually(|| !f.resolver.stats().watching).await;
     assert_eq!(
-        resolver
-            .node_of_pod("kube-system", "coredns-5d78c9869d-x2x7q")
-            .await?
-            .as_deref(),
-        Some("edge-node-2")
+        f.resolver.placement("default", "web-0").await?.placement,
+        Placement::Node("edge-1".into())
     );
-
-    let err = KubePodResolver::from_kubeconfig(dir.0.join("missing"))
+    let err = f
+        .resolver
+        .placement("default", "nope")
         .await
-        .unwrap_err();
-    assert!(matches!(err, Error::PodLookup(_)), "{err:?}");
-    assert!(err.to_string().contains("missing"), "{err}");
+        .expect_err("the API is down");
+    assert!(err.to_string().contains("503"), "{err}");
+    assert!(f.resolver.stats().last_error.is_some());
+    // Back: the watch re-lists and sees what changed meanwhile.
+    f.api
+        .put_pod(TestPod::running("default", "meanwhile", "edge-2", &["c"]));
+    f.api.set_unavailable(false);
+    eventually(|| f.resolver.stats().watching && f.resolver.stats().cached == 3).await;
+    f.stop().await;
     Ok(())
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<Self> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tether-pod-resolver-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
+#[tokio::test]
+async fn gets_are_rate_limited() -> Result<()> {
+    let f = Fixture::start(ResolverOptions {
+        qps: 0.01,
+        burst: 1,
+        lookup_timeout: Duration::from_millis(300),
+        ..ResolverOptions::default()
+    })
+    .await?;
+    f.synced().await;
+    assert_eq!(
+        f.resolver.placement("default", "nope-1").await?.placement,
+        Placement::NotFound
+    );
+    let err = f
+        .resolver
+        .placement("default", "nope-2")
+        .await
+        .expect_err("the burst is spent");
+    assert!(err.to_string().contains("no answer"), "{err}");
+    f.stop().await;
+    Ok(())
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+#[tokio::test]
+async fn connect_follows_cloudcore_rules() -> Result<()> {
+    let f = Fixture::start(ResolverOptions::default()).await?;
+    // Nothing configured and not in a pod: no API.
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        assert!(connect(&KubeApi::default()).await?.is_none());
     }
+    // `master` overrides the kubeconfig's server: a dead port makes every lookup fail.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let kubeconfig = f.dir.path().join("kubeconfig");
+    let (client, _) = connect(&KubeApi {
+        kubeconfig: Some(kubeconfig),
+        master: Some(format!("https://{dead}")),
+    })
+    .await?
+    .unwrap();
+    let (resolver, _watch) = KubePodResolver::new(client, ResolverOptions::default())?;
+    let err = resolver.placement("default", "web-0").await.unwrap_err();
+    assert!(err.to_string().contains("GET pod default/web-0"), "{err}");
+    // Unreadable kubeconfig and a bad URL are configuration errors.
+    let Err(missing) = connect(&KubeApi {
+        kubeconfig: Some(f.dir.path().join("missing")),
+        master: None,
+    })
+    .await
+    else {
+        panic!("a missing kubeconfig is an error");
+    };
+    assert!(missing.to_string().contains("missing"), "{missing}");
+    let Err(bad) = connect(&KubeApi {
+        kubeconfig: None,
+        master: Some("not a url".into()),
+    })
+    .await
+    else {
+        panic!("a bad master URL is an error");
+    };
+    assert!(bad.to_string().contains("master"), "{bad}");
+    f.stop().await;
+    Ok(())
 }

@@ -17,6 +17,7 @@
 //! Every server binds `127.0.0.1:0` and every spawned task ends when its owning handle is
 //! dropped or shut down.
 
+pub mod apiserver;
 pub mod client;
 pub mod content;
 pub mod kubelet;
