@@ -376,3 +376,84 @@ pub async fn body_was_cut(body: &mut Incoming) -> bool {
         }
     }
 }
+
+/// A cloud, edges and kubelets behind a test API server, so requests arrive the way
+/// kube-apiserver sends them (see `test_support::apiserver`).
+pub struct Cluster {
+    pub world: World,
+    pub api: test_support::apiserver::TestApiServer,
+    /// kubeconfig of the API server (for kubectl and cloudstream).
+    pub kubeconfig: PathBuf,
+    pub cloud: Cloud,
+    pub edges: Vec<Edge>,
+}
+
+/// The port the test Node objects advertise for their kubelet (what DNAT would catch).
+pub const NODE_KUBELET_PORT: u16 = 10351;
+
+impl Cluster {
+    /// Starts the API server and a cloud that uses it for pod lookups; `cloud_args` are extra
+    /// flags for cloudstream.
+    pub async fn start(cloud_args: &[&str]) -> Result<Cluster> {
+        let world = World::new()?;
+        let api = test_support::apiserver::TestApiServer::builder(&world.pki)
+            .start()
+            .await?;
+        let kubeconfig = api.write_kubeconfig(&world.path("api"))?;
+        let kubeconfig_arg = kubeconfig.to_string_lossy().into_owned();
+        let mut args = vec!["--pod-kubeconfig", kubeconfig_arg.as_str()];
+        args.extend_from_slice(cloud_args);
+        let cloud = Cloud::start(&world, &args).await?;
+        api.set_kubelet(test_support::apiserver::KubeletDial::Tls {
+            addr: cloud.stream,
+            config: world.apiserver.clone(),
+            server_name: "127.0.0.1".into(),
+        });
+        Ok(Cluster {
+            world,
+            api,
+            kubeconfig,
+            cloud,
+            edges: Vec::new(),
+        })
+    }
+
+    /// Registers node `node` (Node object with `ip`) and starts its edge against `kubelet`.
+    pub async fn add_node(&mut self, node: &str, ip: &str, kubelet: SocketAddr) -> Result<()> {
+        self.api.put_node(test_support::apiserver::TestNode {
+            name: node.to_owned(),
+            internal_ip: ip.parse()?,
+            kubelet_port: NODE_KUBELET_PORT,
+        });
+        let edge = Edge::start(&self.world, &self.cloud, node, ip, kubelet, &[]).await?;
+        self.edges.push(edge);
+        Ok(())
+    }
+
+    /// A TLS connection to the API server, as kubectl makes it (client certificate of the
+    /// API server's CA).
+    pub async fn connect_api(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let client = self.world.pki.client("kubectl", Some("system:masters"))?;
+        let config = self.world.pki.client_config(Some(&client))?;
+        tls_connect(self.api.addr(), config, "localhost").await
+    }
+
+    /// The `Host` kubectl sends to the API server, a name no edge node has.
+    pub fn api_host(&self) -> String {
+        format!("localhost:{}", self.api.addr().port())
+    }
+}
+
+/// Where a real `kubectl` is, if this machine has one (`$KUBECTL`, else `kubectl` on `PATH`).
+pub fn kubectl_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("KUBECTL") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    })
+}

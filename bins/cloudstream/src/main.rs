@@ -115,8 +115,13 @@ fn main() -> Result<()> {
             .with_observer(Arc::new(metrics.clone()));
         let stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
             .with_observer(Arc::new(metrics.clone()));
-        let (stream, pod_watch) =
-            with_pod_resolver(stream, settings.pod_kubeconfig.as_deref(), shutdown.clone()).await?;
+        let (stream, pod_watch) = with_pod_resolver(
+            stream,
+            settings.pod_kubeconfig.as_deref(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));
         let sampler = tokio::spawn(admin::sample_rtt(
@@ -158,7 +163,7 @@ fn main() -> Result<()> {
     })
 }
 
-/// How often live sessions' ping round trips are recorded.
+/// How often live sessions' ping round trips (and the pod cache's size) are recorded.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Finds pods' nodes through the Kubernetes API: the configured kubeconfig, or the
@@ -167,6 +172,7 @@ const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 async fn with_pod_resolver(
     stream: StreamServer,
     kubeconfig: Option<&std::path::Path>,
+    metrics: admin::Metrics,
     shutdown: CancellationToken,
 ) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
     use stream_server::pods::kube::{KubeApi, KubePodResolver, ResolverOptions, connect};
@@ -188,7 +194,22 @@ async fn with_pod_resolver(
     let (resolver, watch) =
         KubePodResolver::new(client, ResolverOptions::default()).context("the pod resolver")?;
     info!(%source, "finding pods' nodes through the Kubernetes API");
-    let task = tokio::spawn(watch.run(shutdown));
+    let sampled = resolver.clone();
+    let stop = shutdown.clone();
+    let sample = async move {
+        let mut tick = tokio::time::interval(RTT_SAMPLE_INTERVAL);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let stats = sampled.stats();
+            metrics.pod_cache(stats.cached, stats.watching);
+        }
+    };
+    let task = tokio::spawn(async move {
+        tokio::join!(watch.run(shutdown), sample);
+    });
     Ok((stream.with_pod_resolver(Arc::new(resolver)), Some(task)))
 }
 
@@ -197,6 +218,7 @@ async fn with_pod_resolver(
 async fn with_pod_resolver(
     stream: StreamServer,
     kubeconfig: Option<&std::path::Path>,
+    _metrics: admin::Metrics,
     _shutdown: CancellationToken,
 ) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
     if kubeconfig.is_some() {

@@ -51,6 +51,14 @@ struct DirectionLabels {
     direction: String,
 }
 
+/// `source` (`cache`, `api`) and `result` (`found`, `not_found`, `unscheduled`, `error`) of a
+/// pod lookup; fixed words from code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    source: String,
+    result: String,
+}
+
 /// `reason` label: a short fixed word from code (a [`Refusal`] or a reset reason).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -79,6 +87,9 @@ struct Families {
     ping_rtt: Histogram,
     reconnects: Counter,
     tunnel_up: Gauge,
+    pod_lookups: Family<LookupLabels, Counter>,
+    pod_cache_pods: Gauge,
+    pod_watch_up: Gauge,
 }
 
 /// The process's metric families, rendered on `/metrics`.
@@ -97,6 +108,9 @@ struct Families {
 /// | `tether_ping_rtt_seconds` | histogram | — |
 /// | `tether_reconnects_total` | counter | — |
 /// | `tether_tunnel_up` | gauge | — |
+/// | `tether_pod_lookups_total` | counter | `source`, `result` |
+/// | `tether_pod_cache_pods` | gauge | — |
+/// | `tether_pod_watch_up` | gauge | — |
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Families>,
@@ -194,8 +208,29 @@ impl Metrics {
             "1 while the edge's tunnel to the cloud is established, else 0",
             tunnel_up.clone(),
         );
+        let pod_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "pod_lookups",
+            "Pod to node lookups for pod requests, by source (cache, api) and result (found, not_found, unscheduled, error)",
+            pod_lookups.clone(),
+        );
+        let pod_cache_pods = Gauge::default();
+        registry.register(
+            "pod_cache_pods",
+            "Pods in the cloud's pod to node cache",
+            pod_cache_pods.clone(),
+        );
+        let pod_watch_up = Gauge::default();
+        registry.register(
+            "pod_watch_up",
+            "1 while the cloud's watch on pods is connected, else 0",
+            pod_watch_up.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
+                pod_lookups,
+                pod_cache_pods,
+                pod_watch_up,
                 registry,
                 sessions,
                 handshakes_refused,
@@ -270,6 +305,26 @@ impl Metrics {
     /// The edge is dialling the cloud again after its tunnel ended.
     pub fn reconnect(&self) {
         self.inner.reconnects.inc();
+    }
+
+    /// A pod's node was looked up: `source` `cache` or `api`, `result` `found`, `not_found`,
+    /// `unscheduled` or `error` (fixed words from code).
+    pub fn pod_lookup(&self, source: &str, result: &str) {
+        self.inner
+            .pod_lookups
+            .get_or_create(&LookupLabels {
+                source: source.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The pod cache holds `pods` pods and its watch is connected (`watching`).
+    pub fn pod_cache(&self, pods: usize, watching: bool) {
+        self.inner
+            .pod_cache_pods
+            .set(i64::try_from(pods).unwrap_or(i64::MAX));
+        self.inner.pod_watch_up.set(i64::from(watching));
     }
 
     /// The edge's tunnel came up (`true`) or went down (`false`).

@@ -29,6 +29,10 @@ impl RelayObserver for Metrics {
     fn stream_failed(&self, _operation: Operation, reason: &'static str) {
         self.stream_reset(reason);
     }
+
+    fn pod_lookup(&self, source: &'static str, result: &'static str) {
+        Metrics::pod_lookup(self, source, result);
+    }
 }
 
 /// Records every live session's last ping round trip every `every`, until `shutdown`.
@@ -64,7 +68,15 @@ mod tests {
         observer.stream_opened(Operation::Exec, Duration::from_millis(3));
         observer.stream_closed(Operation::Exec, 10, 20);
         observer.stream_failed(Operation::Logs, "no_session");
+        observer.pod_lookup("cache", "found");
+        metrics.pod_cache(12, true);
         let text = metrics.encode();
+        assert!(
+            text.contains(r#"tether_pod_lookups_total{source="cache",result="found"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("tether_pod_cache_pods 12"), "{text}");
+        assert!(text.contains("tether_pod_watch_up 1"), "{text}");
         assert!(
             text.contains(r#"tether_streams_total{operation="exec"} 1"#),
             "{text}"

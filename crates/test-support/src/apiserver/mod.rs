@@ -125,7 +125,7 @@ impl Counters {
 /// State shared by the server's tasks.
 pub(crate) struct State {
     pub(crate) store: Store,
-    pub(crate) kubelet: Option<KubeletDial>,
+    pub(crate) kubelet: std::sync::Mutex<Option<KubeletDial>>,
     pub(crate) counters: Counters,
     /// While set, pod and node API calls answer `503` (the proxy paths keep working).
     unavailable: AtomicBool,
@@ -173,7 +173,7 @@ impl<'a> TestApiServerBuilder<'a> {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             store: Store::new(),
-            kubelet: self.kubelet,
+            kubelet: std::sync::Mutex::new(self.kubelet),
             counters: Counters::default(),
             unavailable: AtomicBool::new(false),
             cancel: CancellationToken::new(),
@@ -225,6 +225,16 @@ impl TestApiServer {
     /// `localhost:<port>`, a name no edge node has.
     pub fn url(&self) -> String {
         format!("https://localhost:{}", self.addr.port())
+    }
+
+    /// Sends kubelet requests to `dial` from now on (e.g. once cloudstream, which needs this
+    /// server's address first, is listening).
+    pub fn set_kubelet(&self, dial: KubeletDial) {
+        *self
+            .state
+            .kubelet
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dial);
     }
 
     /// Request counters.

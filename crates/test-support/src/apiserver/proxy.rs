@@ -242,13 +242,15 @@ fn node_host(state: &State, node: &str) -> Result<String> {
 async fn dial(state: &State) -> Result<BoxIo> {
     let dial = state
         .kubelet
-        .as_ref()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
         .ok_or_else(|| anyhow!("the test API server has no kubelet address configured"))?;
     state
         .counters
         .kubelet_requests
         .fetch_add(1, Ordering::SeqCst);
-    Ok(match dial {
+    Ok(match &dial {
         KubeletDial::Plain(addr) => {
             let tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
