@@ -555,7 +555,7 @@ async fn exec_session<S>(
                 return;
             }
         }
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     };
 
     tokio::join!(reader, process, writer);
@@ -701,7 +701,21 @@ where
                 return;
             }
         }
-        let _ = sink.close().await;
+        close_normally(&mut sink).await;
     };
     tokio::join!(reader, writer, pumps);
+}
+
+/// Ends a websocket with a `1000 Normal Closure` frame, as the kubelet does. A close frame
+/// without a code reads as 1005 to client-go, which then reports the stream as broken.
+async fn close_normally<S>(sink: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let normal = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
+    let _ = sink.close().await;
 }
