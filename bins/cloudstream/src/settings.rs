@@ -7,6 +7,7 @@
 //! environment variables and flags. Every error names the key and the file, or the flag. The
 //! format is documented key by key in `docs/configuration.md`.
 
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -221,7 +222,7 @@ fn from_cloudcore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Se
 }
 
 fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let doc: CloudStreamFile = tether_file::from_yaml(text, file)?;
+    let doc = tether_file::from_yaml(PhantomData::<CloudStreamFile>, text, file)?;
     tether_file::check_kind(file, &doc.kind, KIND)?;
     let cs = doc.cloud_stream.unwrap_or_default();
     let listen = doc.listen.unwrap_or_default();

@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 use tunnel_session::SessionConfig;
 use yaml_serde::Value;
 
 use crate::kubeedge::{self, ConfigError};
+use crate::setting::Setting;
 
 /// `apiVersion` of our format.
 pub const API_VERSION: &str = "tether.io/v1alpha1";
@@ -91,7 +92,7 @@ impl From<ConfigError> for SettingsError {
 }
 
 /// Where a merged value came from, so a cross-check can name it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// The built-in default.
     Default,
@@ -196,16 +197,24 @@ pub fn detect(
     }
 }
 
-/// Deserializes our format strictly (unknown keys are errors) with errors naming the dotted
-/// key path and the file.
-pub fn from_yaml<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, SettingsError> {
-    let de = yaml_serde::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = match e.path().to_string() {
+/// Deserializes our format with `seed` (strict: [`crate::setting`]'s reader refuses unknown
+/// keys), with errors naming the dotted key path and the file.
+pub fn from_yaml<'de, S: DeserializeSeed<'de>>(
+    seed: S,
+    text: &'de str,
+    file: &Path,
+) -> Result<S::Value, SettingsError> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(
+        yaml_serde::Deserializer::from_str(text),
+        &mut track,
+    );
+    seed.deserialize(de).map_err(|error| {
+        let key = match track.path().to_string() {
             p if p == "." => "(top level)".to_owned(),
             p => p,
         };
-        let mut problem = e.into_inner().to_string();
+        let mut problem = error.to_string();
         // yaml_serde starts its message with its own idea of the path (the parent's for an
         // unknown key); the key we report already says where.
         let parent = key.rsplit_once('.').map(|(p, _)| p.to_owned());
@@ -301,6 +310,12 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     d.deserialize_option(Optional)
 }
 
+/// `yaml` of a setting whose value in our format is KubeEdge's whole number of seconds
+/// (`edgeStream.handshakeTimeout`, …): an unsigned integer, no unit.
+pub fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -334,6 +349,21 @@ pub struct LogSettings {
 }
 
 impl LogSettings {
+    /// The log settings from the layered `log.format` and `log.level` (whose filters the
+    /// setting's check accepted). The level is kept apart by origin because `RUST_LOG` sits
+    /// between the flag and the file.
+    pub fn new(format: LogFormat, level: &Setting<Option<String>>) -> LogSettings {
+        let (flag_level, file_level) = match level.origin {
+            Origin::Flag(_) => (level.value.clone(), None),
+            _ => (None, level.value.clone()),
+        };
+        LogSettings {
+            format,
+            flag_level,
+            file_level,
+        }
+    }
+
     /// Merges `--log-format` / `--log-level` over the file's `log:` section, checking the
     /// filters.
     pub fn merge(
@@ -547,6 +577,34 @@ pub fn session_config(
     Ok(config)
 }
 
+/// Checks what ties the session settings together once each passed its own check: the
+/// dead-peer deadline must be longer than the ping interval (the error names where each came
+/// from, `dead_after` being blamed on `session.deadAfter` when it is the default), then the
+/// library's own word, [`SessionConfig::validate`].
+pub fn check_session(
+    file: &Path,
+    config: &SessionConfig,
+    dead_after: &Origin,
+    ping_interval: &Origin,
+) -> Result<(), SettingsError> {
+    if config.dead_after <= config.ping_interval {
+        return Err(dead_after.error(
+            file,
+            "session.deadAfter",
+            format!(
+                "the dead-peer deadline ({}) must be longer than the ping interval ({}, from {})",
+                humantime::format_duration(config.dead_after),
+                humantime::format_duration(config.ping_interval),
+                ping_interval.describe()
+            ),
+        ));
+    }
+    // The checks of single keys should make this pass; it stays as the library's own word.
+    config
+        .validate()
+        .map_err(|problem| key_error(file, "session", problem))
+}
+
 /// A path key of our format: absent is `None`, an empty string is an error.
 pub fn path_key(file: &Path, key: &str, value: Option<&PathBuf>) -> Result<(), SettingsError> {
     match value {
@@ -608,6 +666,8 @@ pub fn check_key_file(file: &Path, key: &str, path: &Path) -> Result<(), Setting
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use std::marker::PhantomData;
+
     use super::*;
 
     #[derive(Debug, Deserialize)]
@@ -617,7 +677,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Doc, SettingsError> {
-        from_yaml(text, Path::new("/etc/tether/x.yaml"))
+        from_yaml(PhantomData::<Doc>, text, Path::new("/etc/tether/x.yaml"))
     }
 
     #[test]
@@ -734,5 +794,74 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("session.openTimeout: "), "{err}");
+    }
+
+    #[test]
+    fn the_dead_peer_deadline_must_exceed_the_ping_interval() {
+        let file = Path::new("/f.yaml");
+        let config = SessionConfig {
+            ping_interval: Duration::from_secs(2),
+            dead_after: Duration::from_secs(1),
+            ..SessionConfig::default()
+        };
+        // The error names where each value came from.
+        let err = check_session(
+            file,
+            &config,
+            &Origin::Flag("--dead-after"),
+            &Origin::Key("session.pingInterval".into()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--dead-after: the dead-peer deadline (1s) must be longer than the ping interval \
+             (2s, from session.pingInterval)"
+        );
+        let err = check_session(file, &config, &Origin::Default, &Origin::Default)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("session.deadAfter: "), "{err}");
+        assert!(err.contains("from the default"), "{err}");
+        check_session(
+            file,
+            &SessionConfig::default(),
+            &Origin::Default,
+            &Origin::Default,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn the_log_level_keeps_the_flag_apart_from_the_file() {
+        use crate::setting::Setting;
+
+        let level = |value: &str, origin: Origin| Setting {
+            value: Some(value.to_owned()),
+            origin,
+            key: "log.level",
+            in_file: true,
+        };
+        let from_file = LogSettings::new(
+            LogFormat::Json,
+            &level("debug", Origin::Key("log.level".into())),
+        );
+        assert_eq!(from_file.filter(None), "debug");
+        assert_eq!(from_file.filter(Some("warn".into())), "warn");
+        let from_flag = LogSettings::new(
+            LogFormat::Text,
+            &level("error", Origin::Flag("--log-level")),
+        );
+        assert_eq!(from_flag.filter(Some("warn".into())), "error");
+        let unset = Setting {
+            value: None,
+            origin: Origin::Default,
+            key: "log.level",
+            in_file: false,
+        };
+        assert_eq!(
+            LogSettings::new(LogFormat::Text, &unset).filter(None),
+            "info"
+        );
     }
 }

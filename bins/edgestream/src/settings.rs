@@ -7,6 +7,7 @@
 //! environment variables and flags. Every error names the key and the file, or the flag. The
 //! format is documented key by key in `docs/configuration.md`.
 
+use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -337,7 +338,7 @@ fn from_edgecore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Set
 }
 
 fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let doc: EdgeStreamFile = tether_file::from_yaml(text, file)?;
+    let doc = tether_file::from_yaml(PhantomData::<EdgeStreamFile>, text, file)?;
     tether_file::check_kind(file, &doc.kind, KIND)?;
     let es = doc.edge_stream.unwrap_or_default();
     let edged = doc.edged.unwrap_or_default();
