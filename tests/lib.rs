@@ -64,7 +64,6 @@ impl World {
             "apiVersion: cloudcore.config.kubeedge.io/v1alpha1
 kind: CloudCore
 kubeAPIConfig:
-  kubeConfig: /root/.kube/config
 modules:
   cloudHub:
     advertiseAddress:

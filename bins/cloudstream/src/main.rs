@@ -115,7 +115,7 @@ fn main() -> Result<()> {
             .with_observer(Arc::new(metrics.clone()));
         let stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
             .with_observer(Arc::new(metrics.clone()));
-        let stream = with_pod_resolver(stream, settings.pod_kubeconfig.as_deref()).await?;
+        let stream = with_pod_resolver(stream, settings.kube_api.kubeconfig.as_deref()).await?;
         let tunnel_task = tokio::spawn(tunnel.serve(tunnel_listener, shutdown.clone()));
         let stream_task = tokio::spawn(stream.serve(stream_listener, shutdown.clone()));
         let sampler = tokio::spawn(admin::sample_rtt(
@@ -157,7 +157,8 @@ fn main() -> Result<()> {
 /// How often live sessions' ping round trips are recorded.
 const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Finds pods' nodes through the Kubernetes API when configured (`podResolver`).
+/// Finds pods' nodes through the Kubernetes API when a kubeconfig is configured
+/// (`kubeAPIConfig.kubeConfig`).
 #[cfg(feature = "k8s")]
 async fn with_pod_resolver(
     stream: StreamServer,
@@ -168,11 +169,11 @@ async fn with_pod_resolver(
     };
     let resolver = stream_server::pods::kube::KubePodResolver::from_kubeconfig(path)
         .await
-        .with_context(|| format!("podResolver.kubeconfig {}", path.display()))?;
+        .with_context(|| format!("kubeAPIConfig.kubeConfig {}", path.display()))?;
     Ok(stream.with_pod_resolver(Arc::new(resolver)))
 }
 
-/// Without the `k8s` feature `settings` refuses `podResolver`, so there is nothing to add.
+/// Without the `k8s` feature there is no Kubernetes API client, so there is nothing to add.
 #[cfg(not(feature = "k8s"))]
 async fn with_pod_resolver(
     stream: StreamServer,
