@@ -817,7 +817,8 @@ mod tests {
                 &format!(
                     "apiVersion: cloudcore.config.kubeedge.io/v1alpha2\n{kube_api}modules:\n\
                      \x20 cloudStream:\n    tlsTunnelCAFile: {d}/ca.crt\n\
-                     \x20   tlsTunnelCertFile: {d}/server.crt\n    tlsTunnelPrivateKeyFile: {d}/server.key\n\
+                     \x20   tlsTunnelCertFile: {d}/server.crt\n\
+                     \x20   tlsTunnelPrivateKeyFile: {d}/server.key\n\
                      \x20   tlsStreamCAFile: {d}/ca.crt\n    tlsStreamCertFile: {d}/server.crt\n\
                      \x20   tlsStreamPrivateKeyFile: {d}/server.key\n"
                 ),

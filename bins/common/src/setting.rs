@@ -14,6 +14,8 @@
 //! through serde and `serde_path_to_error` as before, but against the declared key paths rather
 //! than a tree of hand-written structs: the dotted paths are the schema. KubeEdge's files are
 //! read by key path through [`Doc`], where unknown keys are harmless.
+//!
+//! [`settings!`]: crate::settings!
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -97,6 +99,8 @@ type Check<T> = Box<dyn Fn(&T) -> Result<(), String>>;
 
 /// One setting being layered: what [`settings!`] builds from a declaration. Used directly only
 /// by the macro's expansion.
+///
+/// [`settings!`]: crate::settings!
 pub struct Key<T> {
     path: &'static str,
     kubeedge: Option<(&'static str, KubeEdgeReader<T>)>,
@@ -184,6 +188,8 @@ impl<T: 'static> Key<T> {
 
 /// The keys of our format a binary declared, as [`settings!`] implements it for its file
 /// struct: the schema of the strict reader.
+///
+/// [`settings!`]: crate::settings!
 pub trait FileKeys: Default {
     /// Every key path, dotted, in declaration order.
     const KEYS: &'static [&'static str];

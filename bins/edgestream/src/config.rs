@@ -228,7 +228,8 @@ mod tests {
     fn edged_readers_name_the_key_and_the_file() {
         let file = Path::new("/etc/kubeedge/config/edgecore.yaml");
         let doc = Doc::parse(
-            "a:\n  ip: \" \"\n  v6: \"fd00::1\"\n  bad: localhost\n  zero: 0\n  big: 70000\n  text: \"10350\"\n",
+            "a:\n  ip: \" \"\n  v6: \"fd00::1\"\n  bad: localhost\n  zero: 0\n  big: 70000\n\
+             \x20 text: \"10350\"\n",
             file,
         )
         .unwrap();
