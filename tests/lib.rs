@@ -64,7 +64,6 @@ impl World {
             "apiVersion: cloudcore.config.kubeedge.io/v1alpha1
 kind: CloudCore
 kubeAPIConfig:
-  kubeConfig: /root/.kube/config
 modules:
   cloudHub:
     advertiseAddress:
@@ -401,7 +400,7 @@ impl Cluster {
             .await?;
         let kubeconfig = api.write_kubeconfig(&world.path("api"))?;
         let kubeconfig_arg = kubeconfig.to_string_lossy().into_owned();
-        let mut args = vec!["--pod-kubeconfig", kubeconfig_arg.as_str()];
+        let mut args = vec!["--kubeconfig", kubeconfig_arg.as_str()];
         args.extend_from_slice(cloud_args);
         let cloud = Cloud::start(&world, &args).await?;
         api.set_kubelet(test_support::apiserver::KubeletDial::Tls {

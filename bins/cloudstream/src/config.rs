@@ -1,26 +1,23 @@
-//! Settings of `cloudstream`, read from the `modules.cloudStream` section of KubeEdge's own
-//! `cloudcore.yaml`.
+//! What `cloudstream` shares with KubeEdge's `cloudcore.yaml`: the section it reads
+//! (`modules.cloudStream`), KubeEdge's defaults, the ports and TLS files as one struct, and the
+//! check that those files can be read.
 //!
 //! How this fits: operators replacing KubeEdge's CloudStream keep their existing
-//! `cloudcore.yaml`; `settings` detects the format, calls [`load_cloudcore`] (or builds the same
-//! [`CloudStreamSettings`] from tether's own format) and [`check_readable`] before anything
+//! `cloudcore.yaml`; `settings` declares which of its keys each setting reads (only those;
+//! every other module and key of the file is ignored, as real files carry dozens), builds the
+//! same [`CloudStreamSettings`] from either format and calls [`check_readable`] before anything
 //! listens. `enable` is read but not required: cloudcore's own module must be *off* while
-//! cloudstream runs from the same file, so `enable: true` only earns a warning. Only the keys
-//! CloudStream uses are read; every other module and key of the file is ignored, as real files
-//! carry dozens. Defaults are KubeEdge's (`NewDefaultCloudCoreConfig`). Every error names the
-//! key path and the file, so a bad deployment is fixed from the first log line.
-//!
-//! The file is read as a generic YAML tree and walked by key path ([`tether_cli::kubeedge`])
-//! rather than deserialized into structs: that is what lets each error name the exact key, and
-//! what keeps unknown keys harmless.
+//! cloudstream runs from the same file, so `enable: true` only earns a warning. Defaults are
+//! KubeEdge's (`NewDefaultCloudCoreConfig`). Every error names the key path and the file, so a
+//! bad deployment is fixed from the first log line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use tether_cli::kubeedge::{self, Doc};
+use tether_cli::kubeedge;
 pub use tether_cli::kubeedge::{ConfigError, TlsPaths};
 
 /// The API group of `cloudcore.yaml` (`cloudcore.config.kubeedge.io/v1alpha1` or `/v1alpha2`).
-const API_GROUP: &str = "cloudcore.config.kubeedge.io";
+pub const API_GROUP: &str = "cloudcore.config.kubeedge.io";
 /// The section this binary reads.
 pub const SECTION: &str = "modules.cloudStream";
 /// KubeEdge's default `tunnelPort`.
@@ -39,8 +36,13 @@ pub const DEFAULT_STREAM_CA: &str = "/etc/kubeedge/ca/streamCA.crt";
 pub const DEFAULT_STREAM_CERT: &str = "/etc/kubeedge/certs/stream.crt";
 /// KubeEdge's default `tlsStreamPrivateKeyFile`.
 pub const DEFAULT_STREAM_KEY: &str = "/etc/kubeedge/certs/stream.key";
+/// KubeEdge's default `kubeAPIConfig.qps` (`constants.DefaultKubeQPS`).
+pub const DEFAULT_KUBE_API_QPS: f32 = 100.0;
+/// KubeEdge's default `kubeAPIConfig.burst` (`constants.DefaultKubeBurst`).
+pub const DEFAULT_KUBE_API_BURST: u32 = 200;
 
-/// What `cloudstream` needs from `cloudcore.yaml`.
+/// The ports and TLS files of `cloudstream`: KubeEdge's `modules.cloudStream` keys, from either
+/// format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudStreamSettings {
     /// The file these settings were read from, for error messages.
@@ -59,50 +61,6 @@ pub struct CloudStreamSettings {
     pub tunnel: TlsPaths,
     /// TLS files of the stream listener (`tlsStream*File`).
     pub stream: TlsPaths,
-}
-
-/// Reads `modules.cloudStream` from a `cloudcore.yaml`.
-///
-/// Fails if the file cannot be read or parsed, or if a key has the wrong type (naming the key
-/// path and the file). `enable` is reported in [`CloudStreamSettings::module_enabled`], never
-/// required: an absent section means KubeEdge's defaults. The TLS files are not opened here;
-/// see [`check_readable`].
-#[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
-pub fn load_cloudcore(path: &Path) -> Result<CloudStreamSettings, ConfigError> {
-    parse_cloudcore(&kubeedge::read(path)?, path)
-}
-
-/// [`load_cloudcore`] for a file already read.
-pub fn parse_cloudcore(text: &str, file: &Path) -> Result<CloudStreamSettings, ConfigError> {
-    let doc = Doc::parse(text, file)?;
-    doc.check_api_group(API_GROUP)?;
-    let module_enabled = doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false);
-    let path = |name: &str, default: &str| -> Result<PathBuf, ConfigError> {
-        Ok(doc
-            .path(&format!("{SECTION}.{name}"))?
-            .unwrap_or_else(|| PathBuf::from(default)))
-    };
-    Ok(CloudStreamSettings {
-        source: file.to_owned(),
-        section: SECTION,
-        module_enabled,
-        tunnel_port: doc
-            .port(&format!("{SECTION}.tunnelPort"))?
-            .unwrap_or(DEFAULT_TUNNEL_PORT),
-        stream_port: doc
-            .port(&format!("{SECTION}.streamPort"))?
-            .unwrap_or(DEFAULT_STREAM_PORT),
-        tunnel: TlsPaths {
-            ca: path("tlsTunnelCAFile", DEFAULT_TUNNEL_CA)?,
-            cert: path("tlsTunnelCertFile", DEFAULT_TUNNEL_CERT)?,
-            key: path("tlsTunnelPrivateKeyFile", DEFAULT_TUNNEL_KEY)?,
-        },
-        stream: TlsPaths {
-            ca: path("tlsStreamCAFile", DEFAULT_STREAM_CA)?,
-            cert: path("tlsStreamCertFile", DEFAULT_STREAM_CERT)?,
-            key: path("tlsStreamPrivateKeyFile", DEFAULT_STREAM_KEY)?,
-        },
-    })
 }
 
 /// Checks that every TLS file the settings name can be opened for reading, so a missing
@@ -130,223 +88,32 @@ mod tests {
 
     use super::*;
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
-
-    fn parse(yaml: &str) -> Result<CloudStreamSettings, ConfigError> {
-        parse_cloudcore(yaml, Path::new("/etc/kubeedge/config/cloudcore.yaml"))
-    }
-
-    /// Asserts an `Invalid` error about `key` whose message names the key and the file.
-    fn assert_invalid(result: Result<CloudStreamSettings, ConfigError>, key: &str) {
-        let err = result.expect_err("expected an error");
-        let message = err.to_string();
-        assert!(
-            matches!(&err, ConfigError::Invalid { key: k, .. } if k == key),
-            "{message}"
-        );
-        assert!(message.contains(key), "{message}");
-        assert!(
-            message.contains("/etc/kubeedge/config/cloudcore.yaml"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn keadm_style_cloudcore_yaml_parses() {
-        let file = fixture("cloudcore.yaml");
-        let settings = load_cloudcore(&file).unwrap();
-        assert_eq!(
-            settings,
-            CloudStreamSettings {
-                source: file,
-                section: SECTION,
-                module_enabled: true,
-                tunnel_port: 10004,
-                stream_port: 10003,
-                tunnel: TlsPaths {
-                    ca: "/etc/kubeedge/ca/rootCA.crt".into(),
-                    cert: "/etc/kubeedge/certs/server.crt".into(),
-                    key: "/etc/kubeedge/certs/server.key".into(),
-                },
-                stream: TlsPaths {
-                    ca: "/etc/kubeedge/ca/streamCA.crt".into(),
-                    cert: "/etc/kubeedge/certs/stream.crt".into(),
-                    key: "/etc/kubeedge/certs/stream.key".into(),
-                },
-            }
-        );
-    }
-
-    #[test]
-    fn helm_style_cloudcore_yaml_parses() {
-        let settings = load_cloudcore(&fixture("cloudcore-helm.yaml")).unwrap();
-        assert_eq!(settings.tunnel_port, 10004);
-        assert_eq!(settings.stream_port, 10003);
-        assert_eq!(
-            settings.stream.cert,
-            PathBuf::from("/etc/kubeedge/certs/stream.crt")
-        );
-    }
-
-    #[test]
-    fn defaults_apply_to_absent_and_null_keys() {
-        let settings = parse(
-            "modules:\n  cloudStream:\n    enable: true\n    tunnelPort:\n    tlsStreamCertFile: ~\n",
-        )
-        .unwrap();
-        assert_eq!(settings.tunnel_port, 10004);
-        assert_eq!(settings.stream_port, 10003);
-        assert_eq!(
-            settings.tunnel.ca,
-            PathBuf::from("/etc/kubeedge/ca/rootCA.crt")
-        );
-        assert_eq!(
-            settings.tunnel.key,
-            PathBuf::from("/etc/kubeedge/certs/server.key")
-        );
-        assert_eq!(
-            settings.stream.cert,
-            PathBuf::from("/etc/kubeedge/certs/stream.crt")
-        );
-    }
-
-    #[test]
-    fn explicit_values_win() {
-        let settings = parse(
-            "apiVersion: cloudcore.config.kubeedge.io/v1alpha2\n\
-             modules:\n  cloudStream:\n    enable: true\n    tunnelPort: 20004\n    streamPort: 20003\n\
-             \x20   tlsTunnelCAFile: /pki/ca.crt\n    tlsStreamPrivateKeyFile: /pki/stream.key\n",
-        )
-        .unwrap();
-        assert_eq!(settings.tunnel_port, 20004);
-        assert_eq!(settings.stream_port, 20003);
-        assert_eq!(settings.tunnel.ca, PathBuf::from("/pki/ca.crt"));
-        assert_eq!(settings.stream.key, PathBuf::from("/pki/stream.key"));
-    }
-
-    #[test]
-    fn enable_is_read_but_not_required() {
-        for yaml in [
-            "modules:\n  cloudStream:\n    enable: false\n",
-            "modules:\n  cloudStream:\n    tunnelPort: 10004\n",
-            "modules:\n  cloudHub:\n    enable: true\n",
-            "kind: CloudCore\n",
-            "",
-        ] {
-            let settings = parse(yaml).unwrap();
-            assert!(!settings.module_enabled, "{yaml:?}");
-            assert_eq!(settings.tunnel_port, DEFAULT_TUNNEL_PORT, "{yaml:?}");
-            assert_eq!(settings.stream_port, DEFAULT_STREAM_PORT, "{yaml:?}");
-        }
-        let enabled = parse("modules:\n  cloudStream:\n    enable: true\n").unwrap();
-        assert!(enabled.module_enabled);
-    }
-
-    #[test]
-    fn wrong_types_name_the_key_path_and_the_file() {
-        let enabled = "modules:\n  cloudStream:\n    enable: true\n";
-        for (extra, key) in [
-            (
-                "    tunnelPort: \"abc\"\n",
-                "modules.cloudStream.tunnelPort",
-            ),
-            ("    tunnelPort: 70000\n", "modules.cloudStream.tunnelPort"),
-            ("    tunnelPort: -1\n", "modules.cloudStream.tunnelPort"),
-            ("    tunnelPort: 0\n", "modules.cloudStream.tunnelPort"),
-            (
-                "    streamPort: 10003.5\n",
-                "modules.cloudStream.streamPort",
-            ),
-            ("    streamPort: [1]\n", "modules.cloudStream.streamPort"),
-            (
-                "    tlsStreamCertFile: 42\n",
-                "modules.cloudStream.tlsStreamCertFile",
-            ),
-            (
-                "    tlsTunnelCAFile: \"\"\n",
-                "modules.cloudStream.tlsTunnelCAFile",
-            ),
-            (
-                "    tlsTunnelPrivateKeyFile: {a: b}\n",
-                "modules.cloudStream.tlsTunnelPrivateKeyFile",
-            ),
-        ] {
-            assert_invalid(parse(&format!("{enabled}{extra}")), key);
-        }
-        assert_invalid(
-            parse("modules:\n  cloudStream:\n    enable: \"yes please\"\n"),
-            "modules.cloudStream.enable",
-        );
-        assert_invalid(
-            parse("modules:\n  cloudStream: true\n"),
-            "modules.cloudStream",
-        );
-        assert_invalid(parse("modules: [a, b]\n"), "modules");
-        assert_invalid(parse("- just\n- a list\n"), "(top level)");
-    }
-
-    #[test]
-    fn another_components_file_is_refused() {
-        assert_invalid(
-            parse(
-                "apiVersion: edgecore.config.kubeedge.io/v1alpha2\n\
-                 modules:\n  cloudStream:\n    enable: true\n",
-            ),
-            "apiVersion",
-        );
-    }
-
-    #[test]
-    fn unreadable_or_invalid_files_name_the_file() {
-        let dir = TempDir::new();
-        let missing = dir.0.join("missing.yaml");
-        let err = load_cloudcore(&missing).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }));
-        assert!(
-            err.to_string().contains(&missing.display().to_string()),
-            "{err}"
-        );
-
-        let broken = dir.write(
-            "broken.yaml",
-            "modules:\n  cloudStream: [\n    enable: true\n",
-        );
-        let err = load_cloudcore(&broken).unwrap_err();
-        assert!(matches!(err, ConfigError::Yaml { .. }));
-        assert!(
-            err.to_string().contains(&broken.display().to_string()),
-            "{err}"
-        );
-
-        let tabs = dir.write("tabs.yaml", "modules:\n\tcloudStream:\n\t\tenable: true\n");
-        let err = load_cloudcore(&tabs).unwrap_err();
-        assert!(
-            err.to_string().contains(&tabs.display().to_string()),
-            "{err}"
-        );
-    }
-
     #[test]
     fn check_readable_names_the_key_and_the_file() {
         let dir = TempDir::new();
-        let file = dir.write(
-            "cloudcore.yaml",
-            format!(
-                "modules:\n  cloudStream:\n    enable: true\n\
-                 \x20   tlsTunnelCAFile: {d}/ca.crt\n    tlsTunnelCertFile: {d}/server.crt\n\
-                 \x20   tlsTunnelPrivateKeyFile: {d}/server.key\n    tlsStreamCAFile: {d}/ca.crt\n\
-                 \x20   tlsStreamCertFile: {d}/stream.crt\n    tlsStreamPrivateKeyFile: {d}/stream.key\n",
-                d = dir.0.display()
-            ),
-        );
+        // Only named in the messages.
+        let file = dir.0.join("cloudcore.yaml");
         for name in ["ca.crt", "server.crt", "server.key", "stream.key"] {
             dir.write(name, "-----BEGIN-----\n");
         }
-        let settings = load_cloudcore(&file).unwrap();
+        let d = dir.0.as_path();
+        let settings = CloudStreamSettings {
+            source: file.clone(),
+            section: SECTION,
+            module_enabled: true,
+            tunnel_port: DEFAULT_TUNNEL_PORT,
+            stream_port: DEFAULT_STREAM_PORT,
+            tunnel: TlsPaths {
+                ca: d.join("ca.crt"),
+                cert: d.join("server.crt"),
+                key: d.join("server.key"),
+            },
+            stream: TlsPaths {
+                ca: d.join("ca.crt"),
+                cert: d.join("stream.crt"),
+                key: d.join("stream.key"),
+            },
+        };
         let err = check_readable(&settings).unwrap_err();
         let message = err.to_string();
         let stream_crt = dir.0.join("stream.crt");

@@ -117,7 +117,7 @@ fn main() -> Result<()> {
             .with_observer(Arc::new(metrics.clone()));
         let (stream, pod_watch) = with_pod_resolver(
             stream,
-            settings.pod_kubeconfig.as_deref(),
+            &settings.kube_api,
             metrics.clone(),
             shutdown.clone(),
         )
@@ -171,14 +171,14 @@ const RTT_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 #[cfg(feature = "k8s")]
 async fn with_pod_resolver(
     stream: StreamServer,
-    kubeconfig: Option<&std::path::Path>,
+    kube_api: &settings::KubeApiSettings,
     metrics: admin::Metrics,
     shutdown: CancellationToken,
 ) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
     use stream_server::pods::kube::{KubeApi, KubePodResolver, ResolverOptions, connect};
     let api = KubeApi {
-        kubeconfig: kubeconfig.map(std::path::Path::to_owned),
-        master: None,
+        kubeconfig: kube_api.kubeconfig.clone(),
+        master: kube_api.master.clone(),
     };
     let Some((client, source)) = connect(&api)
         .await
@@ -191,8 +191,12 @@ async fn with_pod_resolver(
         );
         return Ok((stream, None));
     };
-    let (resolver, watch) =
-        KubePodResolver::new(client, ResolverOptions::default()).context("the pod resolver")?;
+    let options = ResolverOptions {
+        qps: kube_api.qps,
+        burst: kube_api.burst,
+        ..ResolverOptions::default()
+    };
+    let (resolver, watch) = KubePodResolver::new(client, options).context("the pod resolver")?;
     info!(%source, "finding pods' nodes through the Kubernetes API");
     let sampled = resolver.clone();
     let stop = shutdown.clone();
@@ -217,11 +221,11 @@ async fn with_pod_resolver(
 #[cfg(not(feature = "k8s"))]
 async fn with_pod_resolver(
     stream: StreamServer,
-    kubeconfig: Option<&std::path::Path>,
+    kube_api: &settings::KubeApiSettings,
     _metrics: admin::Metrics,
     _shutdown: CancellationToken,
 ) -> Result<(StreamServer, Option<tokio::task::JoinHandle<()>>)> {
-    if kubeconfig.is_some() {
+    if kube_api.kubeconfig.is_some() || kube_api.master.is_some() {
         warn!(
             "this cloudstream was built without the `k8s` feature: the Kubernetes API settings are ignored"
         );

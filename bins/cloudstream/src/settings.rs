@@ -3,22 +3,26 @@
 //! How this fits: `main` parses [`Flags`], calls [`load`] and gets one typed, validated
 //! [`Settings`], from which it builds the library configurations. The file is either tether's
 //! own format (`apiVersion: tether.io/v1alpha1`, `kind: CloudStream`; unknown keys are errors)
-//! or KubeEdge's `cloudcore.yaml` (read by [`crate::config`]). Precedence: defaults < file <
-//! environment variables and flags. Every error names the key and the file, or the flag. The
-//! format is documented key by key in `docs/configuration.md`.
+//! or KubeEdge's `cloudcore.yaml`, of which only the keys declared with a KubeEdge path are read
+//! (KubeEdge's defaults are in [`crate::config`]). Each setting is declared once, below: its key
+//! in each format, its flag and environment variable, its default and its check; precedence:
+//! defaults < file < environment variables and flags. Every error names the key and the file, or
+//! the flag. The format is documented key by key in `docs/configuration.md`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use stream_server::StreamServerConfig;
+use tunnel_session::SessionConfig;
+use tunnel_session::config as session;
 use tunnel_session::server::TunnelServerConfig;
 
-use tether_cli::kubeedge::TlsPaths;
+use tether_cli::check;
+use tether_cli::kubeedge::{Doc, TlsPaths};
+use tether_cli::setting::{Setting, Source};
 use tether_cli::tether_file::{
-    self, Deadlines, Format, LogFormat, LogSection, LogSettings, SessionFlags, SessionSection,
-    SettingsError, at_least_one, duration, duration_flag, key_error, path_key, path_or, positive,
+    self, Format, LogFormat, LogSettings, SettingsError, duration, duration_flag, key_error,
     window_flag,
 };
 
@@ -29,115 +33,277 @@ pub const KIND: &str = "CloudStream";
 /// Host the listeners bind when only a port is configured (`tunnelPort`, `streamPort`).
 pub const DEFAULT_LISTEN_HOST: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
-/// Flags of `cloudstream` (each also read from the environment variable shown by `--help`);
-/// they override the file.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Flags {
+tether_cli::settings! {
+    /// Flags of `cloudstream` (each also read from the environment variable shown by `--help`);
+    /// they override the file.
+    pub struct Flags {}
+    /// Every setting of `cloudstream`, layered and checked one by one.
+    pub struct Values;
+    /// The keys of our format for `cloudstream`.
+    struct FileValues;
+
+    // `cloudStream:` in our format, `modules.cloudStream` of cloudcore.yaml.
+    /// Port of the websocket tunnel listener that edges dial, on all interfaces.
+    tunnel_port: u16 {
+        key: "cloudStream.tunnelPort",
+        kubeedge: "modules.cloudStream.tunnelPort" => Doc::port,
+        default: config::DEFAULT_TUNNEL_PORT,
+        check: check::port,
+    }
+    /// Port of the kubelet-API listener kube-apiserver talks to, on all interfaces.
+    stream_port: u16 {
+        key: "cloudStream.streamPort",
+        kubeedge: "modules.cloudStream.streamPort" => Doc::port,
+        default: config::DEFAULT_STREAM_PORT,
+        check: check::port,
+    }
+    /// CA the edges' node certificates must chain to.
+    tls_tunnel_ca_file: PathBuf {
+        key: "cloudStream.tlsTunnelCAFile",
+        kubeedge: "modules.cloudStream.tlsTunnelCAFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_TUNNEL_CA),
+        check: check::file_path,
+    }
+    /// Tunnel server certificate.
+    tls_tunnel_cert_file: PathBuf {
+        key: "cloudStream.tlsTunnelCertFile",
+        kubeedge: "modules.cloudStream.tlsTunnelCertFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_TUNNEL_CERT),
+        check: check::file_path,
+    }
+    /// Its key.
+    tls_tunnel_private_key_file: PathBuf {
+        key: "cloudStream.tlsTunnelPrivateKeyFile",
+        kubeedge: "modules.cloudStream.tlsTunnelPrivateKeyFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_TUNNEL_KEY),
+        check: check::file_path,
+    }
+    /// CA kube-apiserver's kubelet client certificate must chain to.
+    tls_stream_ca_file: PathBuf {
+        key: "cloudStream.tlsStreamCAFile",
+        kubeedge: "modules.cloudStream.tlsStreamCAFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_STREAM_CA),
+        check: check::file_path,
+    }
+    /// Stream server certificate.
+    tls_stream_cert_file: PathBuf {
+        key: "cloudStream.tlsStreamCertFile",
+        kubeedge: "modules.cloudStream.tlsStreamCertFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_STREAM_CERT),
+        check: check::file_path,
+    }
+    /// Its key.
+    tls_stream_private_key_file: PathBuf {
+        key: "cloudStream.tlsStreamPrivateKeyFile",
+        kubeedge: "modules.cloudStream.tlsStreamPrivateKeyFile" => Doc::path,
+        default: PathBuf::from(config::DEFAULT_STREAM_KEY),
+        check: check::file_path,
+    }
+
+    // `listen:`
     /// Tunnel listener (edges dial it), host:port. Default: all interfaces, `tunnelPort`.
-    #[arg(long, env = "CLOUDSTREAM_TUNNEL_ADDR", value_name = "HOST:PORT")]
-    pub tunnel_addr: Option<SocketAddr>,
+    tunnel_addr: SocketAddr {
+        key: "listen.tunnel",
+        flag: ("tunnel-addr", env = "CLOUDSTREAM_TUNNEL_ADDR", value_name = "HOST:PORT"),
+    }
     /// Kubelet-API listener (kube-apiserver dials it), host:port. Default: all interfaces,
     /// `streamPort`.
-    #[arg(long, env = "CLOUDSTREAM_STREAM_ADDR", value_name = "HOST:PORT")]
-    pub stream_addr: Option<SocketAddr>,
+    stream_addr: SocketAddr {
+        key: "listen.stream",
+        flag: ("stream-addr", env = "CLOUDSTREAM_STREAM_ADDR", value_name = "HOST:PORT"),
+    }
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`), host:port. Default: off.
-    #[arg(long, env = "CLOUDSTREAM_ADMIN_ADDR", value_name = "HOST:PORT")]
-    pub admin_addr: Option<SocketAddr>,
+    admin_addr: SocketAddr {
+        key: "listen.admin",
+        flag: ("admin-addr", env = "CLOUDSTREAM_ADMIN_ADDR", value_name = "HOST:PORT"),
+    }
+
+    // `session:`
     /// Per-stream buffer and window, bytes (at least 1024). Default: 1048576.
-    #[arg(long, env = "CLOUDSTREAM_STREAM_WINDOW", value_name = "BYTES", value_parser = window_flag)]
-    pub stream_window: Option<u32>,
+    stream_window: u32 {
+        key: "session.streamWindow",
+        flag: ("stream-window", env = "CLOUDSTREAM_STREAM_WINDOW", value_name = "BYTES",
+               value_parser = window_flag),
+        default: session::DEFAULT_STREAM_WINDOW,
+        check: check::stream_window,
+    }
     /// How long a stock-KubeEdge edge may leave one stream's buffer full before that stream
     /// is closed, e.g. 5s (a bare number is seconds). Default: 5s.
-    #[arg(long, env = "CLOUDSTREAM_STALL_LIMIT", value_name = "DURATION", value_parser = duration_flag)]
-    pub stall_limit: Option<Duration>,
+    stall_limit: Duration {
+        key: "session.stallLimit",
+        yaml: duration,
+        flag: ("stall-limit", env = "CLOUDSTREAM_STALL_LIMIT", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: session::DEFAULT_STALL_LIMIT,
+        check: check::positive,
+    }
     /// Interval between pings to each edge. Default: 5s.
-    #[arg(long, env = "CLOUDSTREAM_PING_INTERVAL", value_name = "DURATION", value_parser = duration_flag)]
-    pub ping_interval: Option<Duration>,
+    ping_interval: Duration {
+        key: "session.pingInterval",
+        yaml: duration,
+        flag: ("ping-interval", env = "CLOUDSTREAM_PING_INTERVAL", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: session::DEFAULT_PING_INTERVAL,
+        check: check::positive,
+    }
     /// Silence after which an edge is dead (longer than the ping interval). Default: 30s.
-    #[arg(long, env = "CLOUDSTREAM_DEAD_AFTER", value_name = "DURATION", value_parser = duration_flag)]
-    pub dead_after: Option<Duration>,
+    dead_after: Duration {
+        key: "session.deadAfter",
+        yaml: duration,
+        flag: ("dead-after", env = "CLOUDSTREAM_DEAD_AFTER", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: session::DEFAULT_DEAD_AFTER,
+        check: check::positive,
+    }
     /// Deadline of each write to an edge's websocket. Default: 15s.
-    #[arg(long, env = "CLOUDSTREAM_WRITE_DEADLINE", value_name = "DURATION", value_parser = duration_flag)]
-    pub write_deadline: Option<Duration>,
+    write_deadline: Duration {
+        key: "session.writeDeadline",
+        yaml: duration,
+        flag: ("write-deadline", env = "CLOUDSTREAM_WRITE_DEADLINE", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: session::DEFAULT_WRITE_DEADLINE,
+        check: check::positive,
+    }
+    /// Messages queued for a session's writer task.
+    write_queue: usize {
+        key: "session.writeQueue",
+        default: session::DEFAULT_WRITE_QUEUE,
+        check: check::at_least_one,
+    }
+    /// Streams open at once on one session.
+    max_streams: usize {
+        key: "session.maxStreams",
+        default: session::DEFAULT_MAX_STREAMS,
+        check: check::at_least_one,
+    }
+    /// Largest DATA payload per message, bytes.
+    max_data_chunk: usize {
+        key: "session.maxDataChunk",
+        default: session::DEFAULT_MAX_DATA_CHUNK,
+        check: check::data_chunk,
+    }
+    /// Wait for the edge's open result (tether/2).
+    open_timeout: Duration {
+        key: "session.openTimeout",
+        yaml: duration,
+        default: session::DEFAULT_OPEN_TIMEOUT,
+        check: check::positive,
+    }
+
+    // `tunnelServer:`
+    /// TLS handshake plus websocket upgrade of an edge.
+    tunnel_handshake_timeout: Duration {
+        key: "tunnelServer.handshakeTimeout",
+        yaml: duration,
+        default: TunnelServerConfig::default().handshake_timeout,
+        check: check::positive,
+    }
+    /// Tunnel connections served at once.
+    tunnel_max_connections: usize {
+        key: "tunnelServer.maxConnections",
+        default: TunnelServerConfig::default().max_connections,
+        check: check::at_least_one,
+    }
+    /// On shutdown, how long open streams may run (0 cuts them at once).
+    tunnel_drain_grace: Duration {
+        key: "tunnelServer.drainGrace",
+        yaml: duration,
+        default: TunnelServerConfig::default().drain_grace,
+    }
+
+    // `streamServer:`
+    /// TLS handshake and request head of a client.
+    stream_handshake_timeout: Duration {
+        key: "streamServer.handshakeTimeout",
+        yaml: duration,
+        default: StreamServerConfig::default().handshake_timeout,
+        check: check::positive,
+    }
+    /// Wait for the kubelet's response head through the tunnel.
+    stream_response_timeout: Duration {
+        key: "streamServer.responseTimeout",
+        yaml: duration,
+        default: StreamServerConfig::default().response_timeout,
+        check: check::positive,
+    }
+    /// Client connections served at once.
+    stream_max_connections: usize {
+        key: "streamServer.maxConnections",
+        default: StreamServerConfig::default().max_connections,
+        check: check::at_least_one,
+    }
+    /// On shutdown, how long requests may run (0 cuts them at once).
+    stream_drain_grace: Duration {
+        key: "streamServer.drainGrace",
+        yaml: duration,
+        default: StreamServerConfig::default().drain_grace,
+    }
+
+    // `kubeAPIConfig:` in both formats, as cloudcore reads it (its other keys, such as
+    // `contentType`, are cloudcore's business).
+    /// kubeconfig for the Kubernetes API, which finds a pod's node when a request's Host names
+    /// no connected node.
+    kubeconfig: PathBuf {
+        key: "kubeAPIConfig.kubeConfig",
+        kubeedge: "kubeAPIConfig.kubeConfig" => Doc::optional_path,
+        flag: ("kubeconfig", env = "CLOUDSTREAM_KUBECONFIG", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// URL of the Kubernetes API server, e.g. https://10.0.0.1:6443; overrides the kubeconfig's
+    /// server.
+    kube_api_master: String {
+        key: "kubeAPIConfig.master",
+        kubeedge: "kubeAPIConfig.master" => Doc::optional_string,
+        flag: ("kube-api-master", env = "CLOUDSTREAM_KUBE_API_MASTER", value_name = "URL"),
+        check: check::http_url,
+    }
+    /// Requests per second to the Kubernetes API, sustained. Default: 100.
+    kube_api_qps: f32 {
+        key: "kubeAPIConfig.qps",
+        kubeedge: "kubeAPIConfig.qps" => Doc::f32,
+        flag: ("kube-api-qps", env = "CLOUDSTREAM_KUBE_API_QPS", value_name = "QPS"),
+        default: config::DEFAULT_KUBE_API_QPS,
+        check: check::greater_than_zero,
+    }
+    /// Requests to the Kubernetes API in a burst above the rate. Default: 200.
+    kube_api_burst: u32 {
+        key: "kubeAPIConfig.burst",
+        kubeedge: "kubeAPIConfig.burst" => Doc::u32,
+        flag: ("kube-api-burst", env = "CLOUDSTREAM_KUBE_API_BURST", value_name = "REQUESTS"),
+        default: config::DEFAULT_KUBE_API_BURST,
+        check: check::at_least_one,
+    }
+
+    // `log:`
     /// Log format. Default: text.
-    #[arg(long, value_enum, env = "CLOUDSTREAM_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
+    log_format: LogFormat {
+        key: "log.format",
+        flag: ("log-format", value_enum, env = "CLOUDSTREAM_LOG_FORMAT"),
+        default: LogFormat::default(),
+    }
     /// Log filter, e.g. `info` or `info,tunnel_session=debug`. Default: `RUST_LOG`, else
     /// `log.level`, else info.
-    #[arg(long, env = "CLOUDSTREAM_LOG_LEVEL", value_name = "FILTER")]
-    pub log_level: Option<String>,
-    /// kubeconfig for finding a pod's node through the Kubernetes API (`podResolver`).
-    #[cfg(feature = "k8s")]
-    #[arg(long, env = "CLOUDSTREAM_POD_KUBECONFIG", value_name = "FILE")]
-    pub pod_kubeconfig: Option<PathBuf>,
+    log_level: String {
+        key: "log.level",
+        flag: ("log-level", env = "CLOUDSTREAM_LOG_LEVEL", value_name = "FILTER"),
+        check: check::log_filter,
+    }
 }
 
-/// Our format for `cloudstream`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CloudStreamFile {
-    #[allow(dead_code)] // checked by `tether_file::detect`
-    api_version: String,
-    kind: String,
-    cloud_stream: Option<CloudStreamSection>,
-    listen: Option<ListenSection>,
-    session: Option<SessionSection>,
-    tunnel_server: Option<TunnelServerSection>,
-    stream_server: Option<StreamServerSection>,
-    pod_resolver: Option<PodResolverSection>,
-    log: Option<LogSection>,
-}
-
-/// `cloudStream:`: KubeEdge's `modules.cloudStream` keys, same names and meaning.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CloudStreamSection {
-    tunnel_port: Option<u16>,
-    stream_port: Option<u16>,
-    #[serde(rename = "tlsTunnelCAFile")]
-    tls_tunnel_ca_file: Option<PathBuf>,
-    tls_tunnel_cert_file: Option<PathBuf>,
-    tls_tunnel_private_key_file: Option<PathBuf>,
-    #[serde(rename = "tlsStreamCAFile")]
-    tls_stream_ca_file: Option<PathBuf>,
-    tls_stream_cert_file: Option<PathBuf>,
-    tls_stream_private_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ListenSection {
-    tunnel: Option<SocketAddr>,
-    stream: Option<SocketAddr>,
-    admin: Option<SocketAddr>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TunnelServerSection {
-    #[serde(default, deserialize_with = "duration")]
-    handshake_timeout: Option<Duration>,
-    max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
-    drain_grace: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct StreamServerSection {
-    #[serde(default, deserialize_with = "duration")]
-    handshake_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "duration")]
-    response_timeout: Option<Duration>,
-    max_connections: Option<usize>,
-    #[serde(default, deserialize_with = "duration")]
-    drain_grace: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PodResolverSection {
-    kubeconfig: Option<PathBuf>,
+/// Where and how `cloudstream` reaches the Kubernetes API (to find a pod's node): always
+/// present; whether it is used (a kubeconfig, a master URL, or the in-cluster service account)
+/// is for `main` to decide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeApiSettings {
+    /// kubeconfig file (`kubeAPIConfig.kubeConfig`, `--kubeconfig`), checked readable.
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL (`kubeAPIConfig.master`, `--kube-api-master`), http(s); overrides the
+    /// kubeconfig's server.
+    pub master: Option<String>,
+    /// Sustained requests per second (`kubeAPIConfig.qps`, KubeEdge's default 100).
+    pub qps: f32,
+    /// Requests in a burst (`kubeAPIConfig.burst`, KubeEdge's default 200).
+    pub burst: u32,
 }
 
 /// Everything `cloudstream` runs with, merged and validated.
@@ -159,33 +325,65 @@ pub struct Settings {
     pub tunnel_server: TunnelServerConfig,
     /// Stream server tunables.
     pub stream_server: StreamServerConfig,
-    /// kubeconfig of the pod resolver; `None` turns it off.
-    pub pod_kubeconfig: Option<PathBuf>,
+    /// Access to the Kubernetes API.
+    pub kube_api: KubeApiSettings,
+    /// Files the settings name besides the TLS files (the kubeconfig), which [`load`] checks
+    /// are readable; kept with their origin so the error names the key or the flag.
+    pub named_files: Vec<Setting<PathBuf>>,
     /// Log format and filter.
     pub log: LogSettings,
     /// Things to log once logging is up (e.g. cloudcore's own module is enabled too).
     pub warnings: Vec<String>,
 }
 
-/// Reads `file`, merges `flags` over it and validates the result, TLS files included.
+/// Reads `file`, merges `flags` over it and validates the result, the files it names included.
 pub fn load(file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
     let text = tether_file::read(file)?;
-    let format = tether_file::detect(&text, file, KIND, "cloudcore.config.kubeedge.io")?;
+    let format = tether_file::detect(&text, file, KIND, config::API_GROUP)?;
     let settings = match format {
         Format::Tether => from_tether(&text, file, flags)?,
         Format::KubeEdge => from_cloudcore(&text, file, flags)?,
     };
     config::check_readable(&settings.cloud_stream)?;
-    if let Some(path) = &settings.pod_kubeconfig {
-        tether_file::check_key_file(file, "podResolver.kubeconfig", path)?;
+    for named in &settings.named_files {
+        named.check_readable(file)?;
     }
     Ok(settings)
 }
 
 fn from_cloudcore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let cloud_stream = config::parse_cloudcore(text, file)?;
+    settings(&Source::kubeedge(text, file, config::API_GROUP)?, flags)
+}
+
+fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
+    settings(&Source::tether(text, file, KIND)?, flags)
+}
+
+/// The settings from either format: the declared ones layered, then what ties them together.
+fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, SettingsError> {
+    let file = source.file();
+    // `enable` exists only in cloudcore.yaml, where it may not be what we want: warn only.
+    let module_enabled = match source.kubeedge_doc() {
+        Some(doc) => doc
+            .bool(&format!("{}.enable", config::SECTION))?
+            .unwrap_or(false),
+        None => false,
+    };
+    let v = Values::resolve(source, flags)?;
+    for (addr, port) in [
+        (&v.tunnel_addr, &v.tunnel_port),
+        (&v.stream_addr, &v.stream_port),
+    ] {
+        if addr.in_file && port.in_file {
+            return Err(key_error(
+                file,
+                addr.key,
+                format!("set here and as {}; keep one", port.key),
+            ));
+        }
+    }
     let mut warnings = Vec::new();
-    if cloud_stream.module_enabled {
+    if module_enabled {
         warnings.push(format!(
             "{}.enable is true in {}: cloudcore's own CloudStream is enabled too and will \
              conflict with cloudstream (both listen on the stream and tunnel ports); set it to \
@@ -194,228 +392,80 @@ fn from_cloudcore(text: &str, file: &Path, flags: &Flags) -> Result<Settings, Se
             file.display()
         ));
     }
-    let session =
-        tether_file::session_config(file, None, &Deadlines::default(), &session_flags(flags))?;
+
+    let session = SessionConfig {
+        stream_window: v.stream_window.value,
+        stall_limit: v.stall_limit.value,
+        ping_interval: v.ping_interval.value,
+        dead_after: v.dead_after.value,
+        write_deadline: v.write_deadline.value,
+        write_queue: v.write_queue.value,
+        max_streams: v.max_streams.value,
+        max_data_chunk: v.max_data_chunk.value,
+        open_timeout: v.open_timeout.value,
+    };
+    tether_file::check_session(
+        file,
+        &session,
+        &v.dead_after.origin,
+        &v.ping_interval.origin,
+    )?;
+
+    let cloud_stream = CloudStreamSettings {
+        source: file.to_owned(),
+        section: match source.format() {
+            Format::Tether => "cloudStream",
+            Format::KubeEdge => config::SECTION,
+        },
+        module_enabled,
+        tunnel_port: v.tunnel_port.value,
+        stream_port: v.stream_port.value,
+        tunnel: TlsPaths {
+            ca: v.tls_tunnel_ca_file.value,
+            cert: v.tls_tunnel_cert_file.value,
+            key: v.tls_tunnel_private_key_file.value,
+        },
+        stream: TlsPaths {
+            ca: v.tls_stream_ca_file.value,
+            cert: v.tls_stream_cert_file.value,
+            key: v.tls_stream_private_key_file.value,
+        },
+    };
     Ok(Settings {
         source: file.to_owned(),
-        format: Format::KubeEdge,
-        tunnel_addr: flags.tunnel_addr.unwrap_or(SocketAddr::new(
+        format: source.format(),
+        tunnel_addr: v.tunnel_addr.value.unwrap_or(SocketAddr::new(
             DEFAULT_LISTEN_HOST,
             cloud_stream.tunnel_port,
         )),
-        stream_addr: flags.stream_addr.unwrap_or(SocketAddr::new(
+        stream_addr: v.stream_addr.value.unwrap_or(SocketAddr::new(
             DEFAULT_LISTEN_HOST,
             cloud_stream.stream_port,
         )),
-        admin_addr: flags.admin_addr,
+        admin_addr: v.admin_addr.value,
         tunnel_server: TunnelServerConfig {
             session,
-            ..TunnelServerConfig::default()
+            handshake_timeout: v.tunnel_handshake_timeout.value,
+            max_connections: v.tunnel_max_connections.value,
+            drain_grace: v.tunnel_drain_grace.value,
         },
-        stream_server: StreamServerConfig::default(),
-        pod_kubeconfig: flag_kubeconfig(flags),
-        log: LogSettings::merge(file, None, flags.log_format, flags.log_level.clone())?,
+        stream_server: StreamServerConfig {
+            handshake_timeout: v.stream_handshake_timeout.value,
+            response_timeout: v.stream_response_timeout.value,
+            max_connections: v.stream_max_connections.value,
+            drain_grace: v.stream_drain_grace.value,
+        },
+        kube_api: KubeApiSettings {
+            kubeconfig: v.kubeconfig.value.clone(),
+            master: v.kube_api_master.value,
+            qps: v.kube_api_qps.value,
+            burst: v.kube_api_burst.value,
+        },
+        named_files: v.kubeconfig.present().into_iter().collect(),
+        log: LogSettings::new(v.log_format.value, &v.log_level),
         cloud_stream,
         warnings,
     })
-}
-
-fn from_tether(text: &str, file: &Path, flags: &Flags) -> Result<Settings, SettingsError> {
-    let doc: CloudStreamFile = tether_file::from_yaml(text, file)?;
-    tether_file::check_kind(file, &doc.kind, KIND)?;
-    let cs = doc.cloud_stream.unwrap_or_default();
-    let listen = doc.listen.unwrap_or_default();
-    for (key, port) in [
-        ("cloudStream.tunnelPort", cs.tunnel_port),
-        ("cloudStream.streamPort", cs.stream_port),
-    ] {
-        if port == Some(0) {
-            return Err(key_error(
-                file,
-                key,
-                "expected a port number from 1 to 65535, found 0".to_owned(),
-            ));
-        }
-    }
-    for (key, port_key, addr, port) in [
-        (
-            "listen.tunnel",
-            "cloudStream.tunnelPort",
-            listen.tunnel,
-            cs.tunnel_port,
-        ),
-        (
-            "listen.stream",
-            "cloudStream.streamPort",
-            listen.stream,
-            cs.stream_port,
-        ),
-    ] {
-        if addr.is_some() && port.is_some() {
-            return Err(key_error(
-                file,
-                key,
-                format!("set here and as {port_key}; keep one"),
-            ));
-        }
-    }
-    let tls = |key: &str, value: Option<PathBuf>, default: &str| {
-        path_or(file, &format!("cloudStream.{key}"), value, default)
-    };
-    let cloud_stream = CloudStreamSettings {
-        source: file.to_owned(),
-        section: "cloudStream",
-        module_enabled: false,
-        tunnel_port: cs.tunnel_port.unwrap_or(config::DEFAULT_TUNNEL_PORT),
-        stream_port: cs.stream_port.unwrap_or(config::DEFAULT_STREAM_PORT),
-        tunnel: TlsPaths {
-            ca: tls(
-                "tlsTunnelCAFile",
-                cs.tls_tunnel_ca_file,
-                config::DEFAULT_TUNNEL_CA,
-            )?,
-            cert: tls(
-                "tlsTunnelCertFile",
-                cs.tls_tunnel_cert_file,
-                config::DEFAULT_TUNNEL_CERT,
-            )?,
-            key: tls(
-                "tlsTunnelPrivateKeyFile",
-                cs.tls_tunnel_private_key_file,
-                config::DEFAULT_TUNNEL_KEY,
-            )?,
-        },
-        stream: TlsPaths {
-            ca: tls(
-                "tlsStreamCAFile",
-                cs.tls_stream_ca_file,
-                config::DEFAULT_STREAM_CA,
-            )?,
-            cert: tls(
-                "tlsStreamCertFile",
-                cs.tls_stream_cert_file,
-                config::DEFAULT_STREAM_CERT,
-            )?,
-            key: tls(
-                "tlsStreamPrivateKeyFile",
-                cs.tls_stream_private_key_file,
-                config::DEFAULT_STREAM_KEY,
-            )?,
-        },
-    };
-
-    let session = tether_file::session_config(
-        file,
-        doc.session.as_ref(),
-        &Deadlines::default(),
-        &session_flags(flags),
-    )?;
-    let ts = doc.tunnel_server.unwrap_or_default();
-    positive(file, "tunnelServer.handshakeTimeout", ts.handshake_timeout)?;
-    at_least_one(file, "tunnelServer.maxConnections", ts.max_connections)?;
-    let ss = doc.stream_server.unwrap_or_default();
-    positive(file, "streamServer.handshakeTimeout", ss.handshake_timeout)?;
-    positive(file, "streamServer.responseTimeout", ss.response_timeout)?;
-    at_least_one(file, "streamServer.maxConnections", ss.max_connections)?;
-    let tunnel_defaults = TunnelServerConfig::default();
-    let stream_defaults = StreamServerConfig::default();
-
-    let file_kubeconfig = match doc.pod_resolver {
-        None => None,
-        Some(PodResolverSection { kubeconfig: None }) => {
-            return Err(key_error(
-                file,
-                "podResolver.kubeconfig",
-                "missing; the pod resolver needs a kubeconfig (or remove podResolver)".into(),
-            ));
-        }
-        Some(PodResolverSection {
-            kubeconfig: Some(path),
-        }) => {
-            path_key(file, "podResolver.kubeconfig", Some(&path))?;
-            if !cfg!(feature = "k8s") {
-                return Err(key_error(
-                    file,
-                    "podResolver",
-                    "this cloudstream was built without the `k8s` feature, so it cannot ask \
-                     the Kubernetes API; rebuild with `--features k8s` or remove podResolver"
-                        .into(),
-                ));
-            }
-            Some(path)
-        }
-    };
-
-    Ok(Settings {
-        source: file.to_owned(),
-        format: Format::Tether,
-        tunnel_addr: flags
-            .tunnel_addr
-            .or(listen.tunnel)
-            .unwrap_or(SocketAddr::new(
-                DEFAULT_LISTEN_HOST,
-                cloud_stream.tunnel_port,
-            )),
-        stream_addr: flags
-            .stream_addr
-            .or(listen.stream)
-            .unwrap_or(SocketAddr::new(
-                DEFAULT_LISTEN_HOST,
-                cloud_stream.stream_port,
-            )),
-        admin_addr: flags.admin_addr.or(listen.admin),
-        tunnel_server: TunnelServerConfig {
-            session,
-            handshake_timeout: ts
-                .handshake_timeout
-                .unwrap_or(tunnel_defaults.handshake_timeout),
-            max_connections: ts
-                .max_connections
-                .unwrap_or(tunnel_defaults.max_connections),
-            drain_grace: ts.drain_grace.unwrap_or(tunnel_defaults.drain_grace),
-        },
-        stream_server: StreamServerConfig {
-            handshake_timeout: ss
-                .handshake_timeout
-                .unwrap_or(stream_defaults.handshake_timeout),
-            response_timeout: ss
-                .response_timeout
-                .unwrap_or(stream_defaults.response_timeout),
-            max_connections: ss
-                .max_connections
-                .unwrap_or(stream_defaults.max_connections),
-            drain_grace: ss.drain_grace.unwrap_or(stream_defaults.drain_grace),
-        },
-        pod_kubeconfig: flag_kubeconfig(flags).or(file_kubeconfig),
-        log: LogSettings::merge(
-            file,
-            doc.log.as_ref(),
-            flags.log_format,
-            flags.log_level.clone(),
-        )?,
-        cloud_stream,
-        warnings: Vec::new(),
-    })
-}
-
-fn session_flags(flags: &Flags) -> SessionFlags {
-    SessionFlags {
-        stream_window: flags.stream_window,
-        stall_limit: flags.stall_limit,
-        ping_interval: flags.ping_interval,
-        dead_after: flags.dead_after,
-        write_deadline: flags.write_deadline,
-    }
-}
-
-#[cfg(feature = "k8s")]
-fn flag_kubeconfig(flags: &Flags) -> Option<PathBuf> {
-    flags.pod_kubeconfig.clone()
-}
-
-#[cfg(not(feature = "k8s"))]
-fn flag_kubeconfig(_flags: &Flags) -> Option<PathBuf> {
-    None
 }
 
 #[cfg(test)]
@@ -472,7 +522,16 @@ mod tests {
             Some("127.0.0.1:10005".parse().unwrap())
         );
         assert_eq!(settings.log.format, LogFormat::Json);
-        assert!(settings.pod_kubeconfig.is_none());
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: None,
+                master: None,
+                qps: 100.0,
+                burst: 200,
+            }
+        );
+        assert!(settings.named_files.is_empty());
     }
 
     #[test]
@@ -595,23 +654,243 @@ mod tests {
     }
 
     #[test]
-    fn pod_resolver_needs_the_k8s_feature() {
+    fn kube_api_defaults_file_and_flags_layer() {
         let dir = pki();
-        write(dir.path(), "kubeconfig", "apiVersion: v1\n");
+        let kubeconfig = write(dir.path(), "kubeconfig", "apiVersion: v1\n");
+        let settings = load(&ours(dir.path(), ""), &Flags::default()).unwrap();
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: None,
+                master: None,
+                qps: config::DEFAULT_KUBE_API_QPS,
+                burst: config::DEFAULT_KUBE_API_BURST,
+            }
+        );
+
         let file = ours(
             dir.path(),
             &format!(
-                "podResolver:\n  kubeconfig: {}/kubeconfig\n",
-                dir.path().display()
+                "kubeAPIConfig:\n  kubeConfig: {}\n  master: https://10.0.0.1:6443\n  qps: 5\n\
+                 \x20 burst: 10\n",
+                kubeconfig.display()
             ),
         );
-        let result = load(&file, &Flags::default());
-        if cfg!(feature = "k8s") {
-            assert!(result.unwrap().pod_kubeconfig.is_some());
-        } else {
-            let message = result.unwrap_err().to_string();
-            assert!(message.starts_with("podResolver: "), "{message}");
-            assert!(message.contains("k8s"), "{message}");
+        let settings = load(&file, &Flags::default()).unwrap();
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: Some(kubeconfig.clone()),
+                master: Some("https://10.0.0.1:6443".into()),
+                qps: 5.0,
+                burst: 10,
+            }
+        );
+
+        let other = write(dir.path(), "other-kubeconfig", "apiVersion: v1\n");
+        let flags = Flags {
+            kubeconfig: Some(other.clone()),
+            kube_api_master: Some("http://127.0.0.1:8080".into()),
+            kube_api_qps: Some(0.5),
+            kube_api_burst: Some(1),
+            ..Flags::default()
+        };
+        let settings = load(&file, &flags).unwrap();
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: Some(other),
+                master: Some("http://127.0.0.1:8080".into()),
+                qps: 0.5,
+                burst: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn kube_api_errors_name_the_key_and_the_file_or_the_flag() {
+        let dir = pki();
+        let missing = dir.path().join("missing-kubeconfig");
+        for (extra, key) in [
+            ("kubeAPIConfig:\n  qps: 0\n", "kubeAPIConfig.qps"),
+            ("kubeAPIConfig:\n  qps: -1.5\n", "kubeAPIConfig.qps"),
+            ("kubeAPIConfig:\n  burst: 0\n", "kubeAPIConfig.burst"),
+            ("kubeAPIConfig:\n  burst: -1\n", "kubeAPIConfig.burst"),
+            (
+                "kubeAPIConfig:\n  master: 10.0.0.1:6443\n",
+                "kubeAPIConfig.master",
+            ),
+            (
+                "kubeAPIConfig:\n  master: ftp://x\n",
+                "kubeAPIConfig.master",
+            ),
+            (
+                "kubeAPIConfig:\n  kubeConfig: \"\"\n",
+                "kubeAPIConfig.kubeConfig",
+            ),
+            (
+                "kubeAPIConfig:\n  contentType: json\n",
+                "kubeAPIConfig.contentType",
+            ),
+            (
+                &format!("kubeAPIConfig:\n  kubeConfig: {}\n", missing.display()),
+                "kubeAPIConfig.kubeConfig",
+            ),
+            (
+                &format!("kubeAPIConfig:\n  kubeConfig: {}\n", dir.path().display()),
+                "kubeAPIConfig.kubeConfig",
+            ),
+        ] {
+            let file = ours(dir.path(), extra);
+            let message = load(&file, &Flags::default()).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("{key}: ")),
+                "{extra:?}: {message}"
+            );
+            assert!(
+                message.ends_with(&format!("(in {})", file.display())),
+                "{extra:?}: {message}"
+            );
+        }
+        let message = load(
+            &ours(
+                dir.path(),
+                &format!("kubeAPIConfig:\n  kubeConfig: {}\n", missing.display()),
+            ),
+            &Flags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.starts_with(&format!(
+                "kubeAPIConfig.kubeConfig: {}: ",
+                missing.display()
+            )),
+            "{message}"
+        );
+
+        let file = ours(dir.path(), "");
+        for (flags, flag) in [
+            (
+                Flags {
+                    kubeconfig: Some(missing.clone()),
+                    ..Flags::default()
+                },
+                "--kubeconfig",
+            ),
+            (
+                Flags {
+                    kube_api_master: Some("localhost".into()),
+                    ..Flags::default()
+                },
+                "--kube-api-master",
+            ),
+            (
+                Flags {
+                    kube_api_qps: Some(0.0),
+                    ..Flags::default()
+                },
+                "--kube-api-qps",
+            ),
+            (
+                Flags {
+                    kube_api_burst: Some(0),
+                    ..Flags::default()
+                },
+                "--kube-api-burst",
+            ),
+        ] {
+            let message = load(&file, &flags).unwrap_err().to_string();
+            assert!(message.starts_with(&format!("{flag}: ")), "{message}");
+        }
+    }
+
+    #[test]
+    fn kube_api_is_read_from_cloudcore_yaml_as_cloudcore_reads_it() {
+        let dir = pki();
+        let d = dir.path().display();
+        let kubeconfig = write(dir.path(), "kubeconfig", "apiVersion: v1\n");
+        let cloudcore = |kube_api: &str| {
+            write(
+                dir.path(),
+                "cloudcore.yaml",
+                &format!(
+                    "apiVersion: cloudcore.config.kubeedge.io/v1alpha2\n{kube_api}modules:\n\
+                     \x20 cloudStream:\n    tlsTunnelCAFile: {d}/ca.crt\n\
+                     \x20   tlsTunnelCertFile: {d}/server.crt\n\
+                     \x20   tlsTunnelPrivateKeyFile: {d}/server.key\n\
+                     \x20   tlsStreamCAFile: {d}/ca.crt\n    tlsStreamCertFile: {d}/server.crt\n\
+                     \x20   tlsStreamPrivateKeyFile: {d}/server.key\n"
+                ),
+            )
+        };
+        // What keadm writes: contentType is cloudcore's own, empty strings mean "not set".
+        let file = cloudcore(&format!(
+            "kubeAPIConfig:\n  burst: 300\n  contentType: application/vnd.kubernetes.protobuf\n\
+             \x20 kubeConfig: {}\n  master: \"\"\n  qps: 150.5\n",
+            kubeconfig.display()
+        ));
+        let settings = load(&file, &Flags::default()).unwrap();
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: Some(kubeconfig.clone()),
+                master: None,
+                qps: 150.5,
+                burst: 300,
+            }
+        );
+        let file =
+            cloudcore("kubeAPIConfig:\n  kubeConfig: \"\"\n  master: https://10.0.0.1:6443\n");
+        let settings = load(&file, &Flags::default()).unwrap();
+        assert_eq!(settings.kube_api.kubeconfig, None);
+        assert_eq!(
+            settings.kube_api.master.as_deref(),
+            Some("https://10.0.0.1:6443")
+        );
+        assert_eq!(settings.kube_api.qps, 100.0);
+        assert_eq!(settings.kube_api.burst, 200);
+        let flags = Flags {
+            kube_api_burst: Some(7),
+            ..Flags::default()
+        };
+        assert_eq!(load(&file, &flags).unwrap().kube_api.burst, 7);
+
+        // cloudcore exits when its kubeconfig cannot be read; so do we.
+        let missing = dir.path().join("nope");
+        let file = cloudcore(&format!(
+            "kubeAPIConfig:\n  kubeConfig: {}\n",
+            missing.display()
+        ));
+        let message = load(&file, &Flags::default()).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "kubeAPIConfig.kubeConfig: {}: ",
+                missing.display()
+            )),
+            "{message}"
+        );
+        for (kube_api, key) in [
+            ("kubeAPIConfig:\n  qps: fast\n", "kubeAPIConfig.qps"),
+            ("kubeAPIConfig:\n  qps: 0\n", "kubeAPIConfig.qps"),
+            ("kubeAPIConfig:\n  burst: 1.5\n", "kubeAPIConfig.burst"),
+            (
+                "kubeAPIConfig:\n  master: localhost:6443\n",
+                "kubeAPIConfig.master",
+            ),
+            (
+                "kubeAPIConfig:\n  kubeConfig: [a]\n",
+                "kubeAPIConfig.kubeConfig",
+            ),
+            ("kubeAPIConfig: 5\n", "kubeAPIConfig"),
+        ] {
+            let file = cloudcore(kube_api);
+            let message = load(&file, &Flags::default()).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("{key}: ")),
+                "{kube_api:?}: {message}"
+            );
+            assert!(message.contains(&file.display().to_string()), "{message}");
         }
     }
 
@@ -637,5 +916,224 @@ mod tests {
         let settings = load(&on, &Flags::default()).unwrap();
         assert_eq!(settings.warnings.len(), 1);
         assert!(settings.warnings[0].contains("modules.cloudStream.enable"));
+    }
+
+    // cloudcore.yaml: the `modules.cloudStream` keys (and `kubeAPIConfig`), nothing else.
+
+    const CLOUDCORE: &str = "/etc/kubeedge/config/cloudcore.yaml";
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// Settings from a `cloudcore.yaml`, without opening the files it names.
+    fn cloudcore(text: &str) -> Result<Settings, SettingsError> {
+        from_cloudcore(text, Path::new(CLOUDCORE), &Flags::default())
+    }
+
+    /// Asserts an error about `key` whose message names the key and the file.
+    fn assert_key_error(result: Result<Settings, SettingsError>, key: &str) {
+        let message = result.expect_err("expected an error").to_string();
+        assert!(message.starts_with(&format!("{key}: ")), "{message}");
+        assert!(message.ends_with(&format!("(in {CLOUDCORE})")), "{message}");
+    }
+
+    #[test]
+    fn keadm_style_cloudcore_yaml_parses() {
+        let file = fixture("cloudcore.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let settings = from_cloudcore(&text, &file, &Flags::default()).unwrap();
+        assert_eq!(
+            settings.cloud_stream,
+            CloudStreamSettings {
+                source: file,
+                section: config::SECTION,
+                module_enabled: true,
+                tunnel_port: 10004,
+                stream_port: 10003,
+                tunnel: TlsPaths {
+                    ca: "/etc/kubeedge/ca/rootCA.crt".into(),
+                    cert: "/etc/kubeedge/certs/server.crt".into(),
+                    key: "/etc/kubeedge/certs/server.key".into(),
+                },
+                stream: TlsPaths {
+                    ca: "/etc/kubeedge/ca/streamCA.crt".into(),
+                    cert: "/etc/kubeedge/certs/stream.crt".into(),
+                    key: "/etc/kubeedge/certs/stream.key".into(),
+                },
+            }
+        );
+        assert_eq!(
+            settings.kube_api,
+            KubeApiSettings {
+                kubeconfig: Some("/root/.kube/config".into()),
+                master: None,
+                qps: 100.0,
+                burst: 200,
+            }
+        );
+        // `load` opens it, naming the key.
+        assert_eq!(settings.named_files.len(), 1);
+        assert_eq!(settings.named_files[0].key, "kubeAPIConfig.kubeConfig");
+    }
+
+    #[test]
+    fn helm_style_cloudcore_yaml_parses() {
+        let file = fixture("cloudcore-helm.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let settings = from_cloudcore(&text, &file, &Flags::default()).unwrap();
+        assert_eq!(settings.cloud_stream.tunnel_port, 10004);
+        assert_eq!(settings.cloud_stream.stream_port, 10003);
+        assert_eq!(
+            settings.cloud_stream.stream.cert,
+            PathBuf::from("/etc/kubeedge/certs/stream.crt")
+        );
+        // `kubeConfig: ""` and `master: ""`: the in-cluster configuration.
+        assert_eq!(settings.kube_api.kubeconfig, None);
+        assert_eq!(settings.kube_api.master, None);
+        assert!(settings.named_files.is_empty());
+    }
+
+    #[test]
+    fn cloudcore_defaults_apply_to_absent_and_null_keys() {
+        let settings = cloudcore(
+            "modules:\n  cloudStream:\n    enable: true\n    tunnelPort:\n    tlsStreamCertFile: ~\n",
+        )
+        .unwrap();
+        let cs = settings.cloud_stream;
+        assert_eq!(cs.tunnel_port, 10004);
+        assert_eq!(cs.stream_port, 10003);
+        assert_eq!(cs.tunnel.ca, PathBuf::from("/etc/kubeedge/ca/rootCA.crt"));
+        assert_eq!(
+            cs.tunnel.key,
+            PathBuf::from("/etc/kubeedge/certs/server.key")
+        );
+        assert_eq!(
+            cs.stream.cert,
+            PathBuf::from("/etc/kubeedge/certs/stream.crt")
+        );
+        assert_eq!(settings.tunnel_addr, "0.0.0.0:10004".parse().unwrap());
+    }
+
+    #[test]
+    fn cloudcore_explicit_values_win() {
+        let settings = cloudcore(
+            "apiVersion: cloudcore.config.kubeedge.io/v1alpha2\n\
+             modules:\n  cloudStream:\n    enable: true\n    tunnelPort: 20004\n    streamPort: 20003\n\
+             \x20   tlsTunnelCAFile: /pki/ca.crt\n    tlsStreamPrivateKeyFile: /pki/stream.key\n",
+        )
+        .unwrap();
+        let cs = &settings.cloud_stream;
+        assert_eq!(cs.tunnel_port, 20004);
+        assert_eq!(cs.stream_port, 20003);
+        assert_eq!(cs.tunnel.ca, PathBuf::from("/pki/ca.crt"));
+        assert_eq!(cs.stream.key, PathBuf::from("/pki/stream.key"));
+        assert_eq!(settings.stream_addr, "0.0.0.0:20003".parse().unwrap());
+    }
+
+    #[test]
+    fn cloudcore_enable_is_read_but_not_required() {
+        for yaml in [
+            "modules:\n  cloudStream:\n    enable: false\n",
+            "modules:\n  cloudStream:\n    tunnelPort: 10004\n",
+            "modules:\n  cloudHub:\n    enable: true\n",
+            "kind: CloudCore\n",
+            "",
+        ] {
+            let settings = cloudcore(yaml).unwrap();
+            assert!(!settings.cloud_stream.module_enabled, "{yaml:?}");
+            assert!(settings.warnings.is_empty(), "{yaml:?}");
+            assert_eq!(
+                settings.cloud_stream.tunnel_port,
+                config::DEFAULT_TUNNEL_PORT,
+                "{yaml:?}"
+            );
+            assert_eq!(
+                settings.cloud_stream.stream_port,
+                config::DEFAULT_STREAM_PORT,
+                "{yaml:?}"
+            );
+        }
+        let enabled = cloudcore("modules:\n  cloudStream:\n    enable: true\n").unwrap();
+        assert!(enabled.cloud_stream.module_enabled);
+    }
+
+    #[test]
+    fn cloudcore_wrong_types_name_the_key_path_and_the_file() {
+        let enabled = "modules:\n  cloudStream:\n    enable: true\n";
+        for (extra, key) in [
+            (
+                "    tunnelPort: \"abc\"\n",
+                "modules.cloudStream.tunnelPort",
+            ),
+            ("    tunnelPort: 70000\n", "modules.cloudStream.tunnelPort"),
+            ("    tunnelPort: -1\n", "modules.cloudStream.tunnelPort"),
+            ("    tunnelPort: 0\n", "modules.cloudStream.tunnelPort"),
+            (
+                "    streamPort: 10003.5\n",
+                "modules.cloudStream.streamPort",
+            ),
+            ("    streamPort: [1]\n", "modules.cloudStream.streamPort"),
+            (
+                "    tlsStreamCertFile: 42\n",
+                "modules.cloudStream.tlsStreamCertFile",
+            ),
+            (
+                "    tlsTunnelCAFile: \"\"\n",
+                "modules.cloudStream.tlsTunnelCAFile",
+            ),
+            (
+                "    tlsTunnelPrivateKeyFile: {a: b}\n",
+                "modules.cloudStream.tlsTunnelPrivateKeyFile",
+            ),
+        ] {
+            assert_key_error(cloudcore(&format!("{enabled}{extra}")), key);
+        }
+        assert_key_error(
+            cloudcore("modules:\n  cloudStream:\n    enable: \"yes please\"\n"),
+            "modules.cloudStream.enable",
+        );
+        assert_key_error(
+            cloudcore("modules:\n  cloudStream: true\n"),
+            "modules.cloudStream",
+        );
+        assert_key_error(cloudcore("modules: [a, b]\n"), "modules");
+        assert_key_error(cloudcore("- just\n- a list\n"), "(top level)");
+        // Another component's file.
+        assert_key_error(
+            cloudcore(
+                "apiVersion: edgecore.config.kubeedge.io/v1alpha2\n\
+                 modules:\n  cloudStream:\n    enable: true\n",
+            ),
+            "apiVersion",
+        );
+    }
+
+    #[test]
+    fn unreadable_or_invalid_files_name_the_file() {
+        let dir = pki();
+        let missing = dir.path().join("missing.yaml");
+        let err = load(&missing, &Flags::default()).unwrap_err();
+        assert!(matches!(err, SettingsError::Read { .. }));
+        assert!(
+            err.to_string().contains(&missing.display().to_string()),
+            "{err}"
+        );
+        for (name, text) in [
+            (
+                "broken.yaml",
+                "modules:\n  cloudStream: [\n    enable: true\n",
+            ),
+            ("tabs.yaml", "modules:\n\tcloudStream:\n\t\tenable: true\n"),
+        ] {
+            let file = write(dir.path(), name, text);
+            let err = load(&file, &Flags::default()).unwrap_err();
+            assert!(
+                err.to_string().contains(&file.display().to_string()),
+                "{err}"
+            );
+        }
     }
 }

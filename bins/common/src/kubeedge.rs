@@ -303,6 +303,52 @@ impl<'a> Doc<'a> {
         }
     }
 
+    /// A file path where an empty string means "not set", as KubeEdge's `kubeAPIConfig.kubeConfig`
+    /// (empty: the in-cluster configuration).
+    pub fn optional_path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        match self.get(key)? {
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            _ => self.path(key),
+        }
+    }
+
+    /// A string where an empty one means "not set", as KubeEdge's `kubeAPIConfig.master`.
+    pub fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        Ok(self.string(key)?.filter(|s| !s.trim().is_empty()))
+    }
+
+    /// A number, whole or not (Go's `float32`, e.g. `kubeAPIConfig.qps`).
+    pub fn f32(&self, key: &str) -> Result<Option<f32>, ConfigError> {
+        match self.get(key)? {
+            None => Ok(None),
+            // f32 is what the setting holds (Go's float32); the precision lost is immaterial.
+            Some(value) => match value.as_f64() {
+                Some(n) if n.is_finite() => Ok(Some(n as f32)),
+                _ => {
+                    Err(self.invalid(key, format!("expected a number, found {}", describe(value))))
+                }
+            },
+        }
+    }
+
+    /// A whole number from 0 to 4294967295 (e.g. `kubeAPIConfig.burst`).
+    pub fn u32(&self, key: &str) -> Result<Option<u32>, ConfigError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(value) => match value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+                Some(n) => Ok(Some(n)),
+                None => Err(self.invalid(
+                    key,
+                    format!(
+                        "expected a whole number from 0 to {}, found {}",
+                        u32::MAX,
+                        describe(value)
+                    ),
+                )),
+            },
+        }
+    }
+
     /// Refuses a file of another KubeEdge component (an `edgecore.yaml` passed by mistake would
     /// otherwise just look "disabled"). A file without `apiVersion` is accepted.
     pub fn check_api_group(&self, group: &str) -> Result<(), ConfigError> {
@@ -385,6 +431,33 @@ mod tests {
         );
         let message = d.invalid("x.port", "bad".to_owned()).to_string();
         assert_eq!(message, format!("x.port: bad (in {FILE})"));
+    }
+
+    #[test]
+    fn kube_api_keys_read_as_cloudcore_reads_them() {
+        let d = doc(
+            "kubeAPIConfig:\n  kubeConfig: \"\"\n  master: \" \"\n  qps: 100\n  burst: 200\n\
+             x:\n  kubeConfig: /root/.kube/config\n  master: https://10.0.0.1:6443\n  qps: 2.5\n\
+             \x20 burst: -1\n  nan: .nan\n",
+        );
+        assert_eq!(d.optional_path("kubeAPIConfig.kubeConfig").unwrap(), None);
+        assert_eq!(d.optional_string("kubeAPIConfig.master").unwrap(), None);
+        assert_eq!(d.f32("kubeAPIConfig.qps").unwrap(), Some(100.0));
+        assert_eq!(d.u32("kubeAPIConfig.burst").unwrap(), Some(200));
+        assert_eq!(
+            d.optional_path("x.kubeConfig").unwrap(),
+            Some(PathBuf::from("/root/.kube/config"))
+        );
+        assert_eq!(
+            d.optional_string("x.master").unwrap().as_deref(),
+            Some("https://10.0.0.1:6443")
+        );
+        assert_eq!(d.f32("x.qps").unwrap(), Some(2.5));
+        assert_eq!(invalid_key(d.u32("x.burst")), "x.burst");
+        assert_eq!(invalid_key(d.f32("x.nan")), "x.nan");
+        assert_eq!(invalid_key(d.f32("x.master")), "x.master");
+        assert_eq!(invalid_key(d.optional_path("x.qps")), "x.qps");
+        assert_eq!(d.u32("absent.burst").unwrap(), None);
     }
 
     #[test]

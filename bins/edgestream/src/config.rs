@@ -1,32 +1,28 @@
-//! Settings of `edgestream`, read from the `modules.edgeStream` and `modules.edged` sections
-//! of KubeEdge's own `edgecore.yaml`.
+//! What `edgestream` shares with KubeEdge's `edgecore.yaml`: the sections it reads
+//! (`modules.edgeStream`, `modules.edged`), KubeEdge's defaults and the readers of edged's keys,
+//! the tunnel's settings as one struct, the checks of a host:port and a node name, and the check
+//! that the tunnel's TLS files can be read.
 //!
-//! How this fits: on an edge node that runs (or ran) edgecore, `settings` detects the format,
-//! calls [`load_edgecore`] (or builds the same [`EdgeStreamSettings`] from tether's own format)
-//! and [`check_readable`] before dialling the cloud. `enable` is read but not required:
-//! edgecore's own EdgeStream must be *off* while edgestream runs from the same file, so
-//! `enable: true` only earns a warning. The node name (`hostnameOverride`), node IP and the local
-//! kubelet (edged) address come from `modules.edged`, exactly as edgecore's own EdgeStream
-//! takes them. Only those keys are read; every other module and key is ignored. Defaults are
-//! KubeEdge's (`NewDefaultEdgeCoreConfig`). Every error names the key path and the file.
-//!
-//! The file is read as a generic YAML tree and walked by key path ([`tether_cli::kubeedge`])
-//! rather than deserialized into structs: that is what lets each error name the exact key, and
-//! what keeps unknown keys harmless.
+//! How this fits: on an edge node that runs (or ran) edgecore, `settings` declares which keys of
+//! `edgecore.yaml` each setting reads (only those; every other module and key is ignored),
+//! builds the same [`EdgeStreamSettings`] from either format and calls [`check_readable`]
+//! before dialling the cloud. `enable` is read but not required: edgecore's own EdgeStream must
+//! be *off* while edgestream runs from the same file, so `enable: true` only earns a warning.
+//! The node name (`hostnameOverride`), node IP and the local kubelet (edged) address come from
+//! `modules.edged`, exactly as edgecore's own EdgeStream takes them. Defaults are KubeEdge's
+//! (`NewDefaultEdgeCoreConfig`). Every error names the key path and the file.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tether_cli::kubeedge::{self, Doc, describe};
 pub use tether_cli::kubeedge::{ConfigError, TlsPaths};
 
 /// The API group of `edgecore.yaml` (`edgecore.config.kubeedge.io/v1alpha2`).
-const API_GROUP: &str = "edgecore.config.kubeedge.io";
+pub const API_GROUP: &str = "edgecore.config.kubeedge.io";
 /// The tunnel section this binary reads.
 pub const SECTION: &str = "modules.edgeStream";
-/// The kubelet section the node identity and the local kubelet address come from.
-const EDGED: &str = "modules.edged";
 /// KubeEdge's default `server`.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:10004";
 /// KubeEdge's default `tlsTunnelCAFile`.
@@ -44,7 +40,8 @@ pub const DEFAULT_WRITE_DEADLINE_SECS: u64 = 15;
 /// KubeEdge's default `tailoredKubeletConfig.readOnlyPort`.
 pub const DEFAULT_KUBELET_PORT: u16 = 10350;
 
-/// What `edgestream` needs from `edgecore.yaml`.
+/// The tunnel settings of `edgestream`: KubeEdge's `modules.edgeStream` keys and the node's
+/// identity and kubelet from `modules.edged`, from either format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeStreamSettings {
     /// The file these settings were read from, for error messages.
@@ -75,138 +72,58 @@ pub struct EdgeStreamSettings {
     pub kubelet_addr: SocketAddr,
 }
 
-/// Reads `modules.edgeStream` and `modules.edged` from an `edgecore.yaml`.
-///
-/// Fails if the file cannot be read or parsed, if a key has the wrong type or an impossible
-/// value (naming the key path and the file), or if `modules.edged.hostnameOverride` is missing.
-/// `modules.edgeStream.enable` is reported in [`EdgeStreamSettings::module_enabled`], never
-/// required (`keadm join` leaves it `false`, which is what edgestream wants). The TLS files are
-/// not opened here; see [`check_readable`].
-#[cfg_attr(not(test), allow(dead_code))] // `settings` reads the file itself
-pub fn load_edgecore(path: &Path) -> Result<EdgeStreamSettings, ConfigError> {
-    parse_edgecore(&kubeedge::read(path)?, path)
-}
-
-/// [`load_edgecore`] for a file already read.
-pub fn parse_edgecore(text: &str, file: &Path) -> Result<EdgeStreamSettings, ConfigError> {
-    let doc = Doc::parse(text, file)?;
-    doc.check_api_group(API_GROUP)?;
-    let module_enabled = doc.bool(&format!("{SECTION}.enable"))?.unwrap_or(false);
-    let key = |name: &str| format!("{SECTION}.{name}");
-    let path = |name: &str, default: &str| -> Result<PathBuf, ConfigError> {
-        Ok(doc
-            .path(&key(name))?
-            .unwrap_or_else(|| PathBuf::from(default)))
-    };
-    let seconds = |name: &str, default: u64| -> Result<Duration, ConfigError> {
-        Ok(doc
-            .seconds(&key(name))?
-            .unwrap_or(Duration::from_secs(default)))
-    };
-
-    let server_key = key("server");
-    let server = match doc.string(&server_key)? {
-        None => DEFAULT_SERVER.to_owned(),
-        Some(s) => {
-            check_host_port(&s).map_err(|problem| doc.invalid(&server_key, problem))?;
-            s
-        }
-    };
-
-    let node_name = node_name(&doc)?;
-    let node_ip = node_ip(&doc)?;
-    let kubelet_addr = kubelet_addr(&doc)?;
-
-    Ok(EdgeStreamSettings {
-        source: file.to_owned(),
-        section: SECTION,
-        module_enabled,
-        server,
-        tunnel: TlsPaths {
-            ca: path("tlsTunnelCAFile", DEFAULT_TUNNEL_CA)?,
-            cert: path("tlsTunnelCertFile", DEFAULT_TUNNEL_CERT)?,
-            key: path("tlsTunnelPrivateKeyFile", DEFAULT_TUNNEL_KEY)?,
-        },
-        handshake_timeout: seconds("handshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT_SECS)?,
-        read_deadline: seconds("readDeadline", DEFAULT_READ_DEADLINE_SECS)?,
-        write_deadline: seconds("writeDeadline", DEFAULT_WRITE_DEADLINE_SECS)?,
-        node_name,
-        node_ip,
-        kubelet_addr,
-    })
-}
-
-/// `modules.edged.hostnameOverride`: required, and a valid Kubernetes node name.
-fn node_name(doc: &Doc<'_>) -> Result<String, ConfigError> {
-    let name_key = format!("{EDGED}.hostnameOverride");
-    let node_name = doc
-        .string(&name_key)?
-        .filter(|name| !name.is_empty())
-        .ok_or_else(|| {
-            doc.invalid(
-                &name_key,
-                "missing or empty; edgestream needs it: it is this node's name, sent to the cloud"
-                    .to_owned(),
-            )
-        })?;
-    check_node_name(&node_name).map_err(|problem| doc.invalid(&name_key, problem))?;
-    Ok(node_name)
-}
-
-/// `modules.edged.nodeIP`: optional; empty means "not set" (edgecore then detects it).
-fn node_ip(doc: &Doc<'_>) -> Result<Option<IpAddr>, ConfigError> {
-    let key = format!("{EDGED}.nodeIP");
-    match doc.string(&key)? {
-        Some(s) if !s.trim().is_empty() => s
+/// Reads `modules.edged.tailoredKubeletConfig.address`: an IP address; empty means "not set"
+/// (edged's default, 127.0.0.1).
+pub fn kubelet_ip(doc: &Doc<'_>, key: &str) -> Result<Option<IpAddr>, ConfigError> {
+    match doc.string(key)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => s
             .trim()
-            .parse()
+            .parse::<IpAddr>()
             .map(Some)
-            .map_err(|_| doc.invalid(&key, format!("expected an IP address, found {s:?}"))),
-        _ => Ok(None),
+            .map_err(|_| doc.invalid(key, format!("expected an IP address, found {s:?}"))),
     }
 }
 
-/// Where edged's read-only kubelet API listens: `tailoredKubeletConfig.address` and
-/// `.readOnlyPort`.
-fn kubelet_addr(doc: &Doc<'_>) -> Result<SocketAddr, ConfigError> {
-    let address_key = format!("{EDGED}.tailoredKubeletConfig.address");
-    let kubelet_ip = match doc.string(&address_key)? {
-        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Some(s) if s.trim().is_empty() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        Some(s) => s.trim().parse::<IpAddr>().map_err(|_| {
-            doc.invalid(&address_key, format!("expected an IP address, found {s:?}"))
-        })?,
-    };
-    // edged listening on all interfaces is reached on loopback.
-    let kubelet_ip = match kubelet_ip {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let port_key = format!("{EDGED}.tailoredKubeletConfig.readOnlyPort");
-    let kubelet_port = match doc.get(&port_key)? {
-        None => DEFAULT_KUBELET_PORT,
+/// Reads `modules.edged.tailoredKubeletConfig.readOnlyPort`: a port number, 0 included, so that
+/// [`read_only_port`] can say what 0 means.
+pub fn kubelet_port(doc: &Doc<'_>, key: &str) -> Result<Option<u16>, ConfigError> {
+    match doc.get(key)? {
+        None => Ok(None),
         Some(value) => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
-            Some(0) => {
-                return Err(doc.invalid(
-                    &port_key,
-                    "is 0, which turns off edged's read-only API that edgestream forwards to"
-                        .to_owned(),
-                ));
-            }
-            Some(port) => port,
-            None => {
-                return Err(doc.invalid(
-                    &port_key,
-                    format!(
-                        "expected a port number from 1 to 65535, found {}",
-                        describe(value)
-                    ),
-                ));
-            }
+            Some(port) => Ok(Some(port)),
+            None => Err(doc.invalid(
+                key,
+                format!(
+                    "expected a port number from 1 to 65535, found {}",
+                    describe(value)
+                ),
+            )),
         },
+    }
+}
+
+/// edged's read-only port: 0 turns its read-only API off, which edgestream cannot do without.
+pub fn read_only_port(port: &u16) -> Result<(), String> {
+    match port {
+        0 => Err(
+            "is 0, which turns off edged's read-only API that edgestream forwards to".to_owned(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Where edged's read-only kubelet API is dialled: its address (default 127.0.0.1; an
+/// unspecified address such as 0.0.0.0 is dialled on loopback) and read-only port.
+pub fn edged_kubelet(ip: Option<IpAddr>, port: u16) -> SocketAddr {
+    let ip = match ip {
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(IpAddr::V4(ip)) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(IpAddr::V6(ip)) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Some(ip) => ip,
     };
-    Ok(SocketAddr::new(kubelet_ip, kubelet_port))
+    SocketAddr::new(ip, port)
 }
 
 /// Accepts `host:port` and `[v6]:port` with a port from 1 to 65535.
@@ -249,6 +166,16 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// [`check_node_name`] for a name that is set: an empty one is reported as missing where it is
+/// used.
+pub fn check_node_name_if_set(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Ok(())
+    } else {
+        check_node_name(name)
+    }
+}
+
 /// Checks that the tunnel's TLS files can be opened for reading, so a missing certificate is
 /// reported with its key before dialling, e.g. `modules.edgeStream.tlsTunnelCertFile:
 /// /etc/kubeedge/certs/server.crt: No such file or directory (os error 2) (in
@@ -273,280 +200,92 @@ pub fn check_readable(
 #[cfg(test)]
 mod tests {
     use std::fs;
+    use std::path::Path;
 
     use super::*;
 
-    const FILE: &str = "/etc/kubeedge/config/edgecore.yaml";
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
-    }
-
-    /// A minimal enabled file with `extra` appended under `modules:`.
-    fn parse_with(edge_stream: &str, edged: &str) -> Result<EdgeStreamSettings, ConfigError> {
-        let yaml = format!(
-            "apiVersion: edgecore.config.kubeedge.io/v1alpha2\nkind: EdgeCore\nmodules:\n\
-             \x20 edgeStream:\n    enable: true\n{edge_stream}\
-             \x20 edged:\n    enable: true\n{edged}"
-        );
-        parse_edgecore(&yaml, Path::new(FILE))
-    }
-
-    fn parse_edged(edged: &str) -> Result<EdgeStreamSettings, ConfigError> {
-        parse_with("", edged)
-    }
-
-    const NAME: &str = "    hostnameOverride: edge-1\n";
-
-    /// Asserts an `Invalid` error about `key` whose message names the key and the file.
-    fn assert_invalid(result: Result<EdgeStreamSettings, ConfigError>, key: &str) {
-        let err = result.expect_err("expected an error");
-        let message = err.to_string();
-        assert!(
-            matches!(&err, ConfigError::Invalid { key: k, .. } if k == key),
-            "{message}"
-        );
-        assert!(message.contains(key), "{message}");
-        assert!(message.contains(FILE), "{message}");
-    }
-
     #[test]
-    fn keadm_style_edgecore_yaml_parses() {
-        let file = fixture("edgecore.yaml");
-        let settings = load_edgecore(&file).unwrap();
+    fn edged_is_dialled_on_loopback_when_it_listens_everywhere() {
         assert_eq!(
-            settings,
-            EdgeStreamSettings {
-                source: file,
-                section: SECTION,
-                module_enabled: true,
-                server: "192.168.33.10:10004".to_owned(),
-                tunnel: TlsPaths {
-                    ca: "/etc/kubeedge/ca/rootCA.crt".into(),
-                    cert: "/etc/kubeedge/certs/server.crt".into(),
-                    key: "/etc/kubeedge/certs/server.key".into(),
-                },
-                handshake_timeout: Duration::from_secs(30),
-                read_deadline: Duration::from_secs(15),
-                write_deadline: Duration::from_secs(15),
-                node_name: "edge-node-01".to_owned(),
-                node_ip: Some("192.168.33.21".parse().unwrap()),
-                kubelet_addr: "127.0.0.1:10350".parse().unwrap(),
-            }
+            edged_kubelet(None, DEFAULT_KUBELET_PORT),
+            "127.0.0.1:10350".parse().unwrap()
+        );
+        assert_eq!(
+            edged_kubelet(Some("0.0.0.0".parse().unwrap()), 1),
+            "127.0.0.1:1".parse().unwrap()
+        );
+        assert_eq!(
+            edged_kubelet(Some("::".parse().unwrap()), 1),
+            "[::1]:1".parse().unwrap()
+        );
+        assert_eq!(
+            edged_kubelet(Some("10.0.0.5".parse().unwrap()), 1),
+            "10.0.0.5:1".parse().unwrap()
         );
     }
 
     #[test]
-    fn keadm_join_default_with_edge_stream_disabled_is_read() {
-        // What edgestream wants: edgecore's own EdgeStream off, the same file read here.
-        let file = fixture("edgecore-edgestream-disabled.yaml");
-        let settings = load_edgecore(&file).unwrap();
-        assert!(!settings.module_enabled);
-        let without_section = parse_edgecore(
-            "modules:\n  edged:\n    hostnameOverride: edge-1\n",
-            Path::new(FILE),
+    fn edged_readers_name_the_key_and_the_file() {
+        let file = Path::new("/etc/kubeedge/config/edgecore.yaml");
+        let doc = Doc::parse(
+            "a:\n  ip: \" \"\n  v6: \"fd00::1\"\n  bad: localhost\n  zero: 0\n  big: 70000\n\
+             \x20 text: \"10350\"\n",
+            file,
         )
         .unwrap();
-        assert!(!without_section.module_enabled);
-        assert_eq!(without_section.server, DEFAULT_SERVER);
-    }
-
-    #[test]
-    fn defaults_apply_to_absent_keys() {
-        let settings = parse_edged(NAME).unwrap();
-        assert_eq!(settings.server, "127.0.0.1:10004");
-        assert_eq!(settings.handshake_timeout, Duration::from_secs(30));
-        assert_eq!(settings.read_deadline, Duration::from_secs(15));
-        assert_eq!(settings.write_deadline, Duration::from_secs(15));
+        assert_eq!(kubelet_ip(&doc, "a.ip").unwrap(), None);
+        assert_eq!(kubelet_ip(&doc, "a.none").unwrap(), None);
         assert_eq!(
-            settings.tunnel.ca,
-            PathBuf::from("/etc/kubeedge/ca/rootCA.crt")
+            kubelet_ip(&doc, "a.v6").unwrap(),
+            Some("fd00::1".parse().unwrap())
         );
+        let message = kubelet_ip(&doc, "a.bad").unwrap_err().to_string();
         assert_eq!(
-            settings.tunnel.cert,
-            PathBuf::from("/etc/kubeedge/certs/server.crt")
+            message,
+            format!(
+                "a.bad: expected an IP address, found \"localhost\" (in {})",
+                file.display()
+            )
         );
-        assert_eq!(
-            settings.tunnel.key,
-            PathBuf::from("/etc/kubeedge/certs/server.key")
-        );
-        assert_eq!(settings.node_name, "edge-1");
-        assert_eq!(settings.node_ip, None);
-        assert_eq!(settings.kubelet_addr, "127.0.0.1:10350".parse().unwrap());
-    }
-
-    #[test]
-    fn explicit_values_win() {
-        let settings = parse_with(
-            "    server: \"[fd00::10]:20004\"\n    handshakeTimeout: 5\n    readDeadline: 60\n\
-             \x20   writeDeadline: 61\n    tlsTunnelCertFile: /pki/node.crt\n",
-            "    hostnameOverride: edge-2.zone-a\n    nodeIP: \"fd00::21\"\n\
-             \x20   tailoredKubeletConfig:\n      address: 0.0.0.0\n      readOnlyPort: 10360\n",
-        )
-        .unwrap();
-        assert_eq!(settings.server, "[fd00::10]:20004");
-        assert_eq!(settings.handshake_timeout, Duration::from_secs(5));
-        assert_eq!(settings.read_deadline, Duration::from_secs(60));
-        assert_eq!(settings.write_deadline, Duration::from_secs(61));
-        assert_eq!(settings.tunnel.cert, PathBuf::from("/pki/node.crt"));
-        assert_eq!(settings.node_name, "edge-2.zone-a");
-        assert_eq!(settings.node_ip, Some("fd00::21".parse().unwrap()));
-        // edged on all interfaces is dialled on loopback.
-        assert_eq!(settings.kubelet_addr, "127.0.0.1:10360".parse().unwrap());
-
-        let v6 = parse_edged(
-            "    hostnameOverride: edge-3\n    nodeIP: \"\"\n\
-             \x20   tailoredKubeletConfig:\n      address: \"::\"\n",
-        )
-        .unwrap();
-        assert_eq!(v6.node_ip, None);
-        assert_eq!(v6.kubelet_addr, "[::1]:10350".parse().unwrap());
-    }
-
-    #[test]
-    fn hostname_override_is_required() {
-        for edged in [
-            "",
-            "    hostnameOverride:\n",
-            "    hostnameOverride: \"\"\n",
-        ] {
-            assert_invalid(parse_edged(edged), "modules.edged.hostnameOverride");
-        }
-        let no_edged = parse_edgecore(
-            "modules:\n  edgeStream:\n    enable: true\n",
-            Path::new(FILE),
-        );
-        assert_invalid(no_edged, "modules.edged.hostnameOverride");
-        for bad in ["Edge-1", "edge_1", "-edge", "edge..1", "edge 1"] {
-            assert_invalid(
-                parse_edged(&format!("    hostnameOverride: \"{bad}\"\n")),
-                "modules.edged.hostnameOverride",
+        assert_eq!(kubelet_port(&doc, "a.zero").unwrap(), Some(0));
+        assert!(read_only_port(&0).is_err());
+        read_only_port(&10350).unwrap();
+        for key in ["a.big", "a.text"] {
+            let message = kubelet_port(&doc, key).unwrap_err().to_string();
+            assert!(
+                message.starts_with(&format!("{key}: expected a port number")),
+                "{message}"
             );
         }
-        assert_invalid(
-            parse_edged("    hostnameOverride: 42\n"),
-            "modules.edged.hostnameOverride",
-        );
-    }
-
-    #[test]
-    fn bad_values_name_the_key_path_and_the_file() {
-        for (edge_stream, key) in [
-            ("    server: 10004\n", "modules.edgeStream.server"),
-            ("    server: cloudcore\n", "modules.edgeStream.server"),
-            ("    server: \":10004\"\n", "modules.edgeStream.server"),
-            ("    server: cloudcore:0\n", "modules.edgeStream.server"),
-            ("    server: cloudcore:70000\n", "modules.edgeStream.server"),
-            (
-                "    server: \"fd00::1:10004\"\n",
-                "modules.edgeStream.server",
-            ),
-            ("    server: \"[fd00::1]\"\n", "modules.edgeStream.server"),
-            (
-                "    handshakeTimeout: 30s\n",
-                "modules.edgeStream.handshakeTimeout",
-            ),
-            (
-                "    handshakeTimeout: 0\n",
-                "modules.edgeStream.handshakeTimeout",
-            ),
-            ("    readDeadline: -5\n", "modules.edgeStream.readDeadline"),
-            (
-                "    writeDeadline: 1.5\n",
-                "modules.edgeStream.writeDeadline",
-            ),
-            (
-                "    tlsTunnelCertFile: [a]\n",
-                "modules.edgeStream.tlsTunnelCertFile",
-            ),
-            (
-                "    tlsTunnelPrivateKeyFile: \"\"\n",
-                "modules.edgeStream.tlsTunnelPrivateKeyFile",
-            ),
-            ("    enable: \"true\"\n", "modules.edgeStream.enable"),
-        ] {
-            // A duplicate `enable` would be a YAML error, so replace the enabled header.
-            let result = if edge_stream.contains("enable") {
-                parse_edgecore(
-                    &format!("modules:\n  edgeStream:\n{edge_stream}"),
-                    Path::new(FILE),
-                )
-            } else {
-                parse_with(edge_stream, NAME)
-            };
-            assert_invalid(result, key);
-        }
-        for (edged, key) in [
-            ("    nodeIP: 10.0.0.300\n", "modules.edged.nodeIP"),
-            ("    nodeIP: edge-1.local\n", "modules.edged.nodeIP"),
-            (
-                "    tailoredKubeletConfig:\n      address: localhost\n",
-                "modules.edged.tailoredKubeletConfig.address",
-            ),
-            (
-                "    tailoredKubeletConfig:\n      readOnlyPort: 0\n",
-                "modules.edged.tailoredKubeletConfig.readOnlyPort",
-            ),
-            (
-                "    tailoredKubeletConfig:\n      readOnlyPort: \"10350\"\n",
-                "modules.edged.tailoredKubeletConfig.readOnlyPort",
-            ),
-            (
-                "    tailoredKubeletConfig: []\n",
-                "modules.edged.tailoredKubeletConfig",
-            ),
-        ] {
-            assert_invalid(parse_edged(&format!("{NAME}{edged}")), key);
-        }
-    }
-
-    #[test]
-    fn another_components_file_is_refused() {
-        assert_invalid(
-            parse_edgecore(
-                "apiVersion: cloudcore.config.kubeedge.io/v1alpha1\nmodules:\n  edgeStream:\n    enable: true\n",
-                Path::new(FILE),
-            ),
-            "apiVersion",
-        );
-    }
-
-    #[test]
-    fn unreadable_or_invalid_files_name_the_file() {
-        let dir = TempDir::new();
-        let missing = dir.0.join("missing.yaml");
-        let err = load_edgecore(&missing).unwrap_err();
-        assert!(matches!(err, ConfigError::Read { .. }));
-        assert!(
-            err.to_string().contains(&missing.display().to_string()),
-            "{err}"
-        );
-
-        let broken = dir.write("broken.yaml", "modules:\n  edgeStream: {enable: true\n");
-        let err = load_edgecore(&broken).unwrap_err();
-        assert!(matches!(err, ConfigError::Yaml { .. }));
-        assert!(
-            err.to_string().contains(&broken.display().to_string()),
-            "{err}"
-        );
+        check_node_name_if_set("").unwrap();
+        check_node_name_if_set("edge-1").unwrap();
+        assert!(check_node_name_if_set("Edge-1").is_err());
     }
 
     #[test]
     fn check_readable_names_the_key_and_the_file() {
         let dir = TempDir::new();
-        let file = dir.write(
-            "edgecore.yaml",
-            format!(
-                "modules:\n  edgeStream:\n    enable: true\n\
-                 \x20   tlsTunnelCAFile: {d}/ca.crt\n    tlsTunnelCertFile: {d}/node.crt\n\
-                 \x20   tlsTunnelPrivateKeyFile: {d}/node.key\n  edged:\n    hostnameOverride: e1\n",
-                d = dir.0.display()
-            ),
-        );
+        // Only named in the messages.
+        let file = dir.0.join("edgecore.yaml");
         dir.write("node.crt", "-----BEGIN-----\n");
-        let settings = load_edgecore(&file).unwrap();
+        let d = dir.0.as_path();
+        let settings = EdgeStreamSettings {
+            source: file.clone(),
+            section: SECTION,
+            module_enabled: true,
+            server: DEFAULT_SERVER.to_owned(),
+            tunnel: TlsPaths {
+                ca: d.join("ca.crt"),
+                cert: d.join("node.crt"),
+                key: d.join("node.key"),
+            },
+            handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            read_deadline: Duration::from_secs(DEFAULT_READ_DEADLINE_SECS),
+            write_deadline: Duration::from_secs(DEFAULT_WRITE_DEADLINE_SECS),
+            node_name: "e1".to_owned(),
+            node_ip: None,
+            kubelet_addr: edged_kubelet(None, DEFAULT_KUBELET_PORT),
+        };
 
         let err = check_readable(&settings, false).unwrap_err();
         let key_path = dir.0.join("node.key");
