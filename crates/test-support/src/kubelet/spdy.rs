@@ -252,6 +252,10 @@ async fn exec_session(
             }
         }
     };
+    // The pumps borrow the resize sender, which so lives as long as the session: without a
+    // resize stream (or once it ended) the process keeps running until stdin ends or the
+    // client goes away, as over WebSocket.
+    let resize_tx = &resize_tx;
     let resize_pump = {
         let resize = streams.resize.as_mut();
         async move {
