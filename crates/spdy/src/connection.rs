@@ -14,7 +14,10 @@
 //! - no flow control: WINDOW_UPDATE and SETTINGS are parsed and ignored, none is sent, and
 //!   nothing waits for the peer's window. Memory is bounded instead by pausing the reader
 //!   while a stream's receive buffer is over [`Config::stream_read_buffer`] (TCP
-//!   backpressure; no data is dropped), and by a byte budget for queued writes.
+//!   backpressure; no data is dropped), and by a byte budget for queued writes. While the
+//!   reader is paused nothing else is read either (PINGs included): one stream that is not
+//!   read stalls the connection's inbound side, exactly as in spdystream, whose frame
+//!   handlers block on an unbuffered channel. Writing goes on meanwhile.
 //! - a client opens streams and waits for SYN_REPLY (30 s by default, like client-go); a
 //!   server [`accept`](Connection::accept)s them and replies (or resets).
 //! - PINGs whose id has the peer's parity are echoed.
@@ -587,10 +590,8 @@ impl Shared {
                 if st.peer_reset.is_some() || st.rst_sent || st.fin_sent {
                     return Ok(false);
                 }
-                if !data.is_empty() || !fin {
-                    for chunk in data.chunks(self.config.max_write_frame.max(1)) {
-                        enc.encode_data(stream.id, false, chunk, out)?;
-                    }
+                for chunk in data.chunks(self.config.max_write_frame.max(1)) {
+                    enc.encode_data(stream.id, false, chunk, out)?;
                 }
                 if fin {
                     enc.encode_data(stream.id, true, &[], out)?;

@@ -83,7 +83,7 @@ fn pod_json(ns: &str, pod: &str, containers: &[&str]) -> serde_json::Value {
         "metadata": {"name": pod, "namespace": ns, "uid": "0b6c6a1e-test-pod"},
         "spec": {
             "nodeName": "edge-1",
-            "containers": containers.iter().map(|c| serde_json::json!({"name": c, "image": "test"})).collect::<Vec<_>>(),
+            "containers": containers.iter().map(|c| serde_json::json!({"name": c, "image": "test", "stdin": true})).collect::<Vec<_>>(),
         },
         "status": {
             "phase": "Running",
@@ -438,6 +438,14 @@ async fn kubectl_exec_over_spdy() {
         "{}",
         r.stderr
     );
+
+    // Attach: the "main process" echoes stdin until kubectl closes it.
+    let mut cmd = api.kubectl(&kubectl);
+    args(&mut cmd, &["attach", "-i", "web", "-c", "app"]);
+    let r = run(cmd, b"attached\n").await;
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.stdout, b"attached\n");
+    assert_eq!(kubelet.request_count("/attach/default/web/app"), 1);
 
     // Every request kubectl made reached the kubelet as SPDY/3.1.
     let execs: Vec<_> = kubelet

@@ -3,7 +3,7 @@
 //!
 //! [`spdy_upgrade`] writes the HTTP/1.1 upgrade request itself and reads the response head
 //! itself (bounded), so that the caller gets the kubelet's exact status and headers and the
-//! bytes after the head are not lost; [`exec_spdy`] and [`port_forward_spdy`] build on it and
+//! bytes after the head are not lost; `exec_spdy` and `port_forward_spdy` build on it and
 //! behave like client-go's SPDY executor and port-forwarder: streams created one at a time in
 //! client-go's order, each waiting for its SYN_REPLY, the status read from the error stream
 //! until it ends. They return the transport-neutral sessions of [`super`], so a scenario can run
@@ -31,14 +31,14 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::{Event, Io, UpgradeError, event_from_status};
 
-/// Stream protocols [`exec_spdy`] offers by default, in client-go's order of preference.
+/// Stream protocols [`exec_spdy`](super::exec_spdy) offers by default, in client-go's order of preference.
 pub const SPDY_EXEC_PROTOCOLS: &[&str] = &[
     "v4.channel.k8s.io",
     "v3.channel.k8s.io",
     "v2.channel.k8s.io",
     "channel.k8s.io",
 ];
-/// The port-forward stream protocol ([`port_forward_spdy`]).
+/// The port-forward stream protocol ([`port_forward_spdy`](super::port_forward_spdy)).
 pub const SPDY_PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
 const PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";

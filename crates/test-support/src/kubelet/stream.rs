@@ -3,7 +3,7 @@
 //!
 //! This module validates the request and dispatches on the `Upgrade` header; the WebSocket
 //! framing lives here, the SPDY one in [`super::spdy`], and both run the same built-in
-//! commands ([`super::process`]), so a scenario behaves the same over either transport.
+//! commands (`kubelet/process.rs`), so a scenario behaves the same over either transport.
 //!
 //! # Upgrade handling (all of `/exec`, `/attach`, `/portForward`)
 //!
@@ -85,7 +85,7 @@
 //! | anything else | `Failure` status with reason `InternalError` and message `… executable file not found in $PATH` |
 //!
 //! The file system is per container, in memory, starts with `/` and `/tmp`, and behaves like
-//! GNU tar on it (see [`super::files`]); tests can look at it with
+//! GNU tar on it (`kubelet/files.rs`); tests can look at it with
 //! [`TestKubelet::file`](super::TestKubelet::file).
 //!
 //! Attach attaches to the container's "main process", which behaves like `cat` and also
