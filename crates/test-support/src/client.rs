@@ -3,6 +3,11 @@
 //! Every function takes an already connected stream (plain TCP, or TLS from [`tls_connect`]),
 //! so the same client works against [`TestKubelet`](crate::kubelet::TestKubelet) directly and
 //! through the tunnel's stream server.
+//!
+//! Exec/attach and port-forward exist over both transports kube-apiserver uses:
+//! WebSocket ([`exec_ws`], [`port_forward_ws`]) and SPDY/3.1 ([`exec_spdy`],
+//! [`port_forward_spdy`], and the lower-level [`spdy_upgrade`]). Both return the same
+//! [`ExecSession`] and [`PortForwardSession`], so one scenario can be run over either.
 
 use std::{fmt, net::SocketAddr, sync::Arc};
 
@@ -29,6 +34,10 @@ use tokio_util::{
     task::TaskTracker,
 };
 use tungstenite::{Message, client::IntoClientRequest as _};
+
+mod spdy_client;
+
+pub use spdy_client::{SPDY_EXEC_PROTOCOLS, SPDY_PORT_FORWARD_PROTOCOL, spdy_upgrade};
 
 /// Any bidirectional byte stream usable by the clients.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -198,7 +207,8 @@ impl ExecOutput {
     }
 }
 
-/// A websocket remote-command (exec/attach) session.
+/// A remote-command (exec/attach) session over WebSocket ([`exec_ws`]) or SPDY/3.1
+/// ([`exec_spdy`]).
 pub struct ExecSession {
     protocol: Option<String>,
     headers: HeaderMap,
@@ -216,21 +226,38 @@ impl fmt::Debug for ExecSession {
 
 /// Sending half of an [`ExecSession`].
 pub struct ExecWriter {
-    sink: SplitSink<Ws, Message>,
-    v5: bool,
+    inner: ExecWriterInner,
+}
+
+enum ExecWriterInner {
+    Ws {
+        sink: SplitSink<Ws, Message>,
+        v5: bool,
+    },
+    Spdy(spdy_client::ExecWriter),
 }
 
 impl fmt::Debug for ExecWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let transport = match &self.inner {
+            ExecWriterInner::Ws { v5: true, .. } => "websocket v5",
+            ExecWriterInner::Ws { .. } => "websocket",
+            ExecWriterInner::Spdy(_) => "SPDY/3.1",
+        };
         f.debug_struct("ExecWriter")
-            .field("v5", &self.v5)
+            .field("transport", &transport)
             .finish_non_exhaustive()
     }
 }
 
 /// Receiving half of an [`ExecSession`].
 pub struct ExecReader {
-    stream: SplitStream<Ws>,
+    inner: ExecReaderInner,
+}
+
+enum ExecReaderInner {
+    Ws { stream: SplitStream<Ws> },
+    Spdy(Box<spdy_client::ExecReader>),
 }
 
 impl fmt::Debug for ExecReader {
@@ -258,9 +285,51 @@ pub async fn exec_ws<S: Io>(
     Ok(ExecSession {
         protocol,
         headers,
-        writer: ExecWriter { sink, v5 },
-        reader: ExecReader { stream },
+        writer: ExecWriter {
+            inner: ExecWriterInner::Ws { sink, v5 },
+        },
+        reader: ExecReader {
+            inner: ExecReaderInner::Ws { stream },
+        },
     })
+}
+
+/// Upgrades `io` to a SPDY/3.1 remote-command session like kube-apiserver does towards a
+/// kubelet (and kubectl with `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`).
+///
+/// Sends `POST <path_and_query>` with `Connection: Upgrade`, `Upgrade: SPDY/3.1` and one
+/// `X-Stream-Protocol-Version` header per entry of [`SPDY_EXEC_PROTOCOLS`] (entries named
+/// `X-Stream-Protocol-Version` in `extra_headers` replace that offer). Then, like client-go's
+/// SPDY executor, it creates the streams one by one, each waiting for its SYN_REPLY: `error`,
+/// then `stdin`, `stdout`, `stderr` as the query's `input`, `output`, `error` ask (no stderr
+/// with `tty`), then `resize` with `tty` on v3 and later. [`ExecReader::next`] reports the
+/// error stream's content as the [`Event::Status`] once all output ended; [`ExecWriter::close_stdin`]
+/// half-closes the stdin stream (every version). A non-101 answer is an [`UpgradeError`] inside
+/// the `anyhow::Error`.
+pub async fn exec_spdy<S: Io>(
+    io: S,
+    host: &str,
+    path_and_query: &str,
+    extra_headers: &[(&str, &str)],
+) -> Result<ExecSession> {
+    let s = spdy_client::exec(io, host, path_and_query, extra_headers).await?;
+    Ok(ExecSession {
+        protocol: s.protocol,
+        headers: s.headers,
+        writer: ExecWriter {
+            inner: ExecWriterInner::Spdy(s.writer),
+        },
+        reader: ExecReader {
+            inner: ExecReaderInner::Spdy(Box::new(s.reader)),
+        },
+    })
+}
+
+/// The status event for an error channel/stream payload: JSON when it parses, else the text.
+fn event_from_status(data: &[u8]) -> Event {
+    let status = serde_json::from_slice(data)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(data).into_owned()));
+    Event::Status(status)
 }
 
 impl ExecSession {
@@ -306,55 +375,79 @@ impl ExecSession {
 }
 
 impl ExecWriter {
-    /// Sends `data` on channel 0, in messages of at most [`MAX_MESSAGE_PAYLOAD`] bytes.
+    /// Sends `data` as stdin: over WebSocket on channel 0 in messages of at most
+    /// [`MAX_MESSAGE_PAYLOAD`] bytes, over SPDY on the stdin stream.
     pub async fn send_stdin(&mut self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(MAX_MESSAGE_PAYLOAD) {
-            self.sink.send(frame(0, chunk)).await?;
+        match &mut self.inner {
+            ExecWriterInner::Ws { sink, .. } => {
+                for chunk in data.chunks(MAX_MESSAGE_PAYLOAD) {
+                    sink.send(frame(0, chunk)).await?;
+                }
+                Ok(())
+            }
+            ExecWriterInner::Spdy(w) => w.send_stdin(data).await,
         }
-        Ok(())
     }
 
-    /// Signals end of stdin with the v5 CLOSE message (channel 255, payload `[0]`). Fails when
-    /// the negotiated protocol is not `v5.channel.k8s.io` (older protocols cannot half-close).
+    /// Signals end of stdin. Over WebSocket this is the v5 CLOSE message (channel 255, payload
+    /// `[0]`) and fails when the negotiated protocol is not `v5.channel.k8s.io` (older
+    /// protocols cannot half-close); over SPDY it is a FIN on the stdin stream (every version).
     pub async fn close_stdin(&mut self) -> Result<()> {
-        if !self.v5 {
-            bail!("close_stdin needs v5.channel.k8s.io; this protocol cannot half-close");
+        match &mut self.inner {
+            ExecWriterInner::Ws { sink, v5 } => {
+                if !*v5 {
+                    bail!("close_stdin needs v5.channel.k8s.io; this protocol cannot half-close");
+                }
+                sink.send(frame(255, &[0])).await?;
+                Ok(())
+            }
+            ExecWriterInner::Spdy(w) => w.close_stdin().await,
         }
-        self.sink.send(frame(255, &[0])).await?;
-        Ok(())
     }
 
-    /// Sends a terminal resize on channel 4 (`{"Width":w,"Height":h}`).
+    /// Sends a terminal resize (`{"Width":w,"Height":h}`): WebSocket channel 4, or the SPDY
+    /// resize stream (which exists with `tty` on v3 and later).
     pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
-        let json = format!(r#"{{"Width":{width},"Height":{height}}}"#);
-        self.sink.send(frame(4, json.as_bytes())).await?;
-        Ok(())
+        match &mut self.inner {
+            ExecWriterInner::Ws { sink, .. } => {
+                let json = format!(r#"{{"Width":{width},"Height":{height}}}"#);
+                sink.send(frame(4, json.as_bytes())).await?;
+                Ok(())
+            }
+            ExecWriterInner::Spdy(w) => w.resize(width, height).await,
+        }
     }
 
-    /// Closes the websocket (sends a Close frame).
+    /// Ends the session from the client side: a websocket Close frame; over SPDY what
+    /// client-go does (reset the streams, GOAWAY, close the connection).
     pub async fn close(&mut self) -> Result<()> {
-        self.sink.close().await?;
+        match &mut self.inner {
+            ExecWriterInner::Ws { sink, .. } => {
+                sink.close().await?;
+            }
+            ExecWriterInner::Spdy(w) => w.close(),
+        }
         Ok(())
     }
 }
 
 impl ExecReader {
-    /// The next stdout/stderr/status event; `None` once the server closed the websocket.
-    /// Empty messages and other channels are skipped.
+    /// The next stdout/stderr/status event; `None` once the session is over (websocket
+    /// closed; over SPDY, every stream ended). Empty messages and other channels are skipped.
+    /// Over SPDY the status comes last, after stdout and stderr ended.
     pub async fn next(&mut self) -> Result<Option<Event>> {
+        let stream = match &mut self.inner {
+            ExecReaderInner::Ws { stream } => stream,
+            ExecReaderInner::Spdy(r) => return r.next().await,
+        };
         loop {
-            let Some((channel, data)) = next_frame(&mut self.stream).await? else {
+            let Some((channel, data)) = next_frame(stream).await? else {
                 return Ok(None);
             };
             match channel {
                 1 if !data.is_empty() => return Ok(Some(Event::Stdout(data))),
                 2 if !data.is_empty() => return Ok(Some(Event::Stderr(data))),
-                3 if !data.is_empty() => {
-                    let status = serde_json::from_slice(&data).unwrap_or_else(|_| {
-                        serde_json::Value::String(String::from_utf8_lossy(&data).into_owned())
-                    });
-                    return Ok(Some(Event::Status(status)));
-                }
+                3 if !data.is_empty() => return Ok(Some(event_from_status(&data))),
                 _ => {}
             }
         }
@@ -374,7 +467,8 @@ impl ExecReader {
     }
 }
 
-/// A websocket port-forward session for one port (channels 0 data, 1 error).
+/// A port-forward session for one port: over WebSocket ([`port_forward_ws`], channels 0 data
+/// and 1 error) or SPDY/3.1 ([`port_forward_spdy`], a data and an error stream).
 pub struct PortForwardSession {
     protocol: Option<String>,
     writer: PortForwardWriter,
@@ -391,7 +485,12 @@ impl fmt::Debug for PortForwardSession {
 
 /// Sending half of a [`PortForwardSession`].
 pub struct PortForwardWriter {
-    sink: SplitSink<Ws, Message>,
+    inner: PortForwardWriterInner,
+}
+
+enum PortForwardWriterInner {
+    Ws(SplitSink<Ws, Message>),
+    Spdy(spdy_client::PortForwardWriter),
 }
 
 impl fmt::Debug for PortForwardWriter {
@@ -402,16 +501,23 @@ impl fmt::Debug for PortForwardWriter {
 
 /// Receiving half of a [`PortForwardSession`].
 pub struct PortForwardReader {
-    stream: SplitStream<Ws>,
-    data_prefix: bool,
-    error_prefix: bool,
-    port: Option<u16>,
+    inner: PortForwardReaderInner,
+}
+
+enum PortForwardReaderInner {
+    Ws {
+        stream: SplitStream<Ws>,
+        data_prefix: bool,
+        error_prefix: bool,
+        port: Option<u16>,
+    },
+    Spdy(spdy_client::PortForwardReader),
 }
 
 impl fmt::Debug for PortForwardReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PortForwardReader")
-            .field("port", &self.port)
+            .field("port", &self.port())
             .finish_non_exhaustive()
     }
 }
@@ -439,12 +545,40 @@ pub async fn port_forward_ws_with_headers<S: Io>(
     let (sink, stream) = ws.split();
     Ok(PortForwardSession {
         protocol,
-        writer: PortForwardWriter { sink },
+        writer: PortForwardWriter {
+            inner: PortForwardWriterInner::Ws(sink),
+        },
         reader: PortForwardReader {
-            stream,
-            data_prefix: true,
-            error_prefix: true,
-            port: None,
+            inner: PortForwardReaderInner::Ws {
+                stream,
+                data_prefix: true,
+                error_prefix: true,
+                port: None,
+            },
+        },
+    })
+}
+
+/// Upgrades `io` to a SPDY/3.1 port-forward session for the single port in the query
+/// (`/portForward/ns/pod?port=8080`), like kube-apiserver towards a kubelet: offers
+/// `X-Stream-Protocol-Version: portforward.k8s.io` (unless `extra_headers` name one), then, like
+/// client-go, opens an `error` stream (and closes its own side of it at once) and a `data`
+/// stream, both with headers `port` and `requestID: 0`. The kubelet ignores the query; the
+/// port travels in the stream headers. A non-101 answer is an [`UpgradeError`].
+pub async fn port_forward_spdy<S: Io>(
+    io: S,
+    host: &str,
+    path_and_query: &str,
+    extra_headers: &[(&str, &str)],
+) -> Result<PortForwardSession> {
+    let s = spdy_client::port_forward(io, host, path_and_query, extra_headers).await?;
+    Ok(PortForwardSession {
+        protocol: Some(s.protocol),
+        writer: PortForwardWriter {
+            inner: PortForwardWriterInner::Spdy(s.writer),
+        },
+        reader: PortForwardReader {
+            inner: PortForwardReaderInner::Spdy(s.reader),
         },
     })
 }
@@ -477,40 +611,61 @@ impl PortForwardSession {
 }
 
 impl PortForwardWriter {
-    /// Sends `data` on the data channel in messages of at most [`MAX_MESSAGE_PAYLOAD`] bytes.
+    /// Sends `data` to the target: over WebSocket on the data channel in messages of at most
+    /// [`MAX_MESSAGE_PAYLOAD`] bytes, over SPDY on the data stream.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
-        for chunk in data.chunks(MAX_MESSAGE_PAYLOAD) {
-            self.sink.send(frame(0, chunk)).await?;
+        match &mut self.inner {
+            PortForwardWriterInner::Ws(sink) => {
+                for chunk in data.chunks(MAX_MESSAGE_PAYLOAD) {
+                    sink.send(frame(0, chunk)).await?;
+                }
+                Ok(())
+            }
+            PortForwardWriterInner::Spdy(w) => w.write(data).await,
         }
-        Ok(())
     }
 
-    /// Closes the websocket; the server then shuts down its connection to the target.
+    /// Ends the client's sending side: closes the websocket, or half-closes (FIN) the SPDY
+    /// data stream; the server then shuts down its connection to the target for writing.
     pub async fn close(&mut self) -> Result<()> {
-        self.sink.close().await?;
-        Ok(())
+        match &mut self.inner {
+            PortForwardWriterInner::Ws(sink) => {
+                sink.close().await?;
+                Ok(())
+            }
+            PortForwardWriterInner::Spdy(w) => w.close().await,
+        }
     }
 }
 
 impl PortForwardReader {
     /// The next data bytes from the target (port prefix stripped); `Ok(None)` when the server
-    /// closed the websocket; `Err` carrying the text when the error channel reports something.
+    /// closed the websocket or the data stream; `Err` carrying the text when the error
+    /// channel or stream reports something.
     pub async fn read(&mut self) -> Result<Option<Bytes>> {
+        let (stream, data_prefix, error_prefix, port) = match &mut self.inner {
+            PortForwardReaderInner::Ws {
+                stream,
+                data_prefix,
+                error_prefix,
+                port,
+            } => (stream, data_prefix, error_prefix, port),
+            PortForwardReaderInner::Spdy(r) => return r.read().await,
+        };
         loop {
-            let Some((channel, mut data)) = next_frame(&mut self.stream).await? else {
+            let Some((channel, mut data)) = next_frame(stream).await? else {
                 return Ok(None);
             };
             let prefix_pending = match channel {
-                0 => &mut self.data_prefix,
-                1 => &mut self.error_prefix,
+                0 => &mut *data_prefix,
+                1 => &mut *error_prefix,
                 _ => continue,
             };
             if *prefix_pending {
                 if data.len() < 2 {
                     bail!("port-forward: first message on channel {channel} lacks the port");
                 }
-                let port = u16::from_le_bytes([data[0], data[1]]);
-                self.port = Some(port);
+                *port = Some(u16::from_le_bytes([data[0], data[1]]));
                 *prefix_pending = false;
                 data = data.slice(2..);
             }
@@ -524,9 +679,13 @@ impl PortForwardReader {
         }
     }
 
-    /// The port announced by the server (known after the first message).
+    /// The forwarded port: over WebSocket as announced by the server (known after its first
+    /// message), over SPDY the port requested.
     pub fn port(&self) -> Option<u16> {
-        self.port
+        match &self.inner {
+            PortForwardReaderInner::Ws { port, .. } => *port,
+            PortForwardReaderInner::Spdy(r) => r.port(),
+        }
     }
 }
 

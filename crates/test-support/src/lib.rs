@@ -8,9 +8,9 @@
 //! - [`kubelet`]: [`kubelet::TestKubelet`], a real HTTP/1.1 server on `127.0.0.1:0` speaking the
 //!   kubelet API paths kube-apiserver uses (`/containerLogs`, `/exec`, `/attach`,
 //!   `/portForward`, `/stats/summary`, `/metrics*`) over plain HTTP or HTTPS.
-//! - [`client`]: clients that talk to a kubelet the way kube-apiserver does (websocket exec and
-//!   port-forward, plain HTTP requests, raw upgrades), usable directly against
-//!   [`kubelet::TestKubelet`] or through the tunnel's stream server.
+//! - [`client`]: clients that talk to a kubelet the way kube-apiserver does (exec/attach and
+//!   port-forward over WebSocket or SPDY/3.1, plain HTTP requests, raw upgrades), usable
+//!   directly against [`kubelet::TestKubelet`] or through the tunnel's stream server.
 //! - [`content`]: deterministic byte generators shared by the kubelet and the tests so that
 //!   large transfers can be verified without keeping copies around.
 //!
@@ -25,7 +25,7 @@ pub mod pki;
 
 pub use client::{
     EchoServer, Event, ExecOutput, ExecSession, PortForwardSession, UpgradeError, echo_server,
-    exec_ws, port_forward_ws, tls_connect,
+    exec_spdy, exec_ws, port_forward_spdy, port_forward_ws, spdy_upgrade, tls_connect,
 };
 pub use kubelet::{ContainerSpec, TestKubelet, TestKubeletBuilder};
 pub use pki::{Identity, TestPki};

@@ -9,9 +9,9 @@
 //! | Path | Methods | Behaviour |
 //! |---|---|---|
 //! | `/containerLogs/{ns}/{pod}/{container}` | GET | see below |
-//! | `/exec/{ns}/{pod}[/{uid}]/{container}` | GET, POST | WebSocket remote command, see [`stream`] |
-//! | `/attach/{ns}/{pod}[/{uid}]/{container}` | GET, POST | WebSocket attach, see [`stream`] |
-//! | `/portForward/{ns}/{pod}[/{uid}]` | GET, POST | WebSocket port-forward, see [`stream`] |
+//! | `/exec/{ns}/{pod}[/{uid}]/{container}` | GET, POST | remote command over WebSocket or SPDY/3.1, see [`stream`] |
+//! | `/attach/{ns}/{pod}[/{uid}]/{container}` | GET, POST | attach over WebSocket or SPDY/3.1, see [`stream`] |
+//! | `/portForward/{ns}/{pod}[/{uid}]` | GET, POST | port-forward over WebSocket or SPDY/3.1, see [`stream`] |
 //! | `/stats/summary` | GET, POST | pretty-printed JSON summary (one-space indent like go-restful) |
 //! | `/metrics`, `/metrics/cadvisor`, `/metrics/resource`, `/metrics/probes` | GET | Prometheus text, gzip on `Accept-Encoding: gzip` |
 //! | `/healthz` | GET | `ok` |
@@ -44,7 +44,10 @@
 //! head or byte; the request is held until the client goes away or the kubelet shuts down
 //! (then the connection is dropped).
 
+mod files;
 mod metrics;
+mod process;
+pub mod spdy;
 pub mod stream;
 
 use std::{
@@ -138,6 +141,7 @@ pub struct TestKubeletBuilder {
     containers: BTreeMap<(String, String, String), ContainerSpec>,
     node_name: Option<String>,
     long_metrics_line: Option<usize>,
+    stream_creation_timeout: Option<Duration>,
 }
 
 impl TestKubeletBuilder {
@@ -165,6 +169,13 @@ impl TestKubeletBuilder {
     /// `/metrics*` body, to prove that nothing splits long lines.
     pub fn long_metrics_line(mut self, len: usize) -> Self {
         self.long_metrics_line = Some(len);
+        self
+    }
+
+    /// How long a SPDY exec/attach/port-forward session waits for the client to open its
+    /// streams (the kubelet's `StreamCreationTimeout`, 30 s by default).
+    pub fn stream_creation_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_creation_timeout = Some(timeout);
         self
     }
 
@@ -206,6 +217,9 @@ impl TestKubeletBuilder {
             containers,
             node_name: self.node_name.unwrap_or_else(|| "test-node".to_owned()),
             long_metrics_line: self.long_metrics_line,
+            stream_creation_timeout: self
+                .stream_creation_timeout
+                .unwrap_or(Duration::from_secs(30)),
             requests: Mutex::new(Vec::new()),
             cancel: cancel.clone(),
             tracker: tracker.clone(),
@@ -270,6 +284,31 @@ impl TestKubelet {
             .ok_or_else(|| anyhow!("no container {ns}/{pod}/{container}"))?;
         c.append(data.into());
         Ok(())
+    }
+
+    /// A regular file of a container's in-memory file system (what `kubectl cp` wrote there).
+    pub fn file(&self, ns: &str, pod: &str, container: &str, path: &str) -> Option<Bytes> {
+        let c = self.shared.container(ns, pod, container)?;
+        lock(&c.files).read(path)
+    }
+
+    /// Writes a regular file (mode 0644, parent directories created) into a container's
+    /// in-memory file system, e.g. for `kubectl cp` to download.
+    pub fn put_file(
+        &self,
+        ns: &str,
+        pod: &str,
+        container: &str,
+        path: &str,
+        data: impl Into<Bytes>,
+    ) -> Result<()> {
+        let c = self
+            .shared
+            .container(ns, pod, container)
+            .ok_or_else(|| anyhow!("no container {ns}/{pod}/{container}"))?;
+        lock(&c.files)
+            .write(path, data.into(), 0o644)
+            .map_err(|e| anyhow!(e))
     }
 
     /// Number of requests whose path (without query) starts with `path_prefix`.
@@ -371,6 +410,7 @@ struct Shared {
     containers: HashMap<(String, String, String), Arc<Container>>,
     node_name: String,
     long_metrics_line: Option<usize>,
+    stream_creation_timeout: Duration,
     requests: Mutex<Vec<RecordedRequest>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -387,10 +427,12 @@ struct LogEntry {
 }
 
 #[derive(Debug)]
-struct Container {
+pub(crate) struct Container {
     spec: ContainerSpec,
     log: Mutex<Vec<LogEntry>>,
     changed: watch::Sender<()>,
+    /// The container's file system, for `kubectl cp` (`tar`, `test`, `cat`).
+    files: Mutex<files::FileTree>,
 }
 
 impl Container {
@@ -398,6 +440,7 @@ impl Container {
         let c = Self {
             log: Mutex::new(Vec::new()),
             changed: watch::channel(()).0,
+            files: Mutex::new(files::FileTree::new()),
             spec,
         };
         c.append(c.spec.logs.clone());
@@ -582,8 +625,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             if !get_or_post {
                 return Ok(method_not_allowed());
             }
+            let uid = segments.get(3).map(|u| u.to_string());
             let (ns, pod) = (ns.to_string(), pod.to_string());
-            Ok(stream::port_forward(&shared, req, &ns, &pod))
+            Ok(stream::port_forward(
+                &shared,
+                req,
+                &ns,
+                &pod,
+                uid.as_deref(),
+            ))
         }
         ["stats", "summary"] => {
             if !get_or_post {

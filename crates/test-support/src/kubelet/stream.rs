@@ -1,5 +1,9 @@
-//! WebSocket streaming endpoints of the test kubelet: exec, attach, port-forward, plus the
-//! raw `x-test` upgrade echo.
+//! Streaming endpoints of the test kubelet: exec, attach and port-forward over WebSocket or
+//! SPDY/3.1, plus the raw `x-test` upgrade echo.
+//!
+//! This module validates the request and dispatches on the `Upgrade` header; the WebSocket
+//! framing lives here, the SPDY one in [`super::spdy`], and both run the same built-in
+//! commands (`kubelet/process.rs`), so a scenario behaves the same over either transport.
 //!
 //! # Upgrade handling (all of `/exec`, `/attach`, `/portForward`)
 //!
@@ -9,39 +13,64 @@
 //! 2. Bad options → `400` (text body); unknown pod → `404` `pod does not exist`; unknown
 //!    container → `404` `container not found ("<c>")`.
 //! 3. Not an upgrade request → `500` with body `Upgrade request required` (like the kubelet).
-//! 4. An upgrade other than `websocket` (e.g. `SPDY/3.1`) → `400`
-//!    `unable to upgrade: the test kubelet only speaks websocket`.
-//! 5. WebSocket: the first subprotocol in the client's `Sec-WebSocket-Protocol` order that the
-//!    server supports is selected (that is how k8s' wsstream negotiates). No header at all means
-//!    the legacy `channel.k8s.io` framing with no protocol echoed; offered protocols with no
-//!    overlap → `400`.
+//! 4. `Upgrade: websocket`: the first subprotocol in the client's `Sec-WebSocket-Protocol`
+//!    order that the server supports is selected (that is how k8s' wsstream negotiates). No
+//!    header at all means the legacy `channel.k8s.io` framing with no protocol echoed; offered
+//!    protocols with no overlap → `400`.
+//! 5. Any other upgrade goes down the kubelet's SPDY path ([`super::spdy`]):
+//!    `X-Stream-Protocol-Version` (repeated or comma-separated, client order wins) is
+//!    negotiated first — missing → `400` `unable to upgrade: X-Stream-Protocol-Version is
+//!    required`, no overlap → `403` listing the server's protocols in
+//!    `X-Accepted-Stream-Protocol-Versions` — then an `Upgrade` other than `SPDY/3.1` → `400`
+//!    `unable to upgrade: missing upgrade headers in request`; otherwise `101` with
+//!    `Connection: Upgrade`, `Upgrade: SPDY/3.1` and the chosen `X-Stream-Protocol-Version`.
 //!
-//! # Exec / attach framing
+//! | transport | exec / attach protocols | port-forward protocols |
+//! |---|---|---|
+//! | WebSocket | `v5.channel.k8s.io`, `v4.channel.k8s.io`, `channel.k8s.io` | `v4.channel.k8s.io`, `portforward.k8s.io`, `channel.k8s.io` |
+//! | SPDY/3.1 | `v4.channel.k8s.io`, `v3.channel.k8s.io`, `v2.channel.k8s.io`, `channel.k8s.io` | `portforward.k8s.io` |
 //!
-//! Supported subprotocols: `v5.channel.k8s.io`, `v4.channel.k8s.io`, `channel.k8s.io`. Each
-//! binary message is one channel byte (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize) plus the
-//! payload. Resize payloads are JSON `{"Width":w,"Height":h}`. With `v5.channel.k8s.io` the
-//! client may send channel 255 with payload `[0]` to close stdin (the CLOSE signal); with older
-//! protocols stdin ends only when the websocket closes.
+//! # Exec / attach over WebSocket
+//!
+//! Each binary message is one channel byte (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize)
+//! plus the payload. Resize payloads are JSON `{"Width":w,"Height":h}`. With
+//! `v5.channel.k8s.io` the client may send channel 255 with payload `[0]` to close stdin (the
+//! CLOSE signal); with older protocols stdin ends only when the websocket closes.
+//!
+//! # Exec / attach over SPDY/3.1
+//!
+//! The client opens one stream per standard stream, header `streamType` = `error`, `stdin`,
+//! `stdout`, `stderr`, `resize` (v3+, tty only); the session starts once all expected streams
+//! arrived (stream creation timeout, see
+//! [`TestKubeletBuilder::stream_creation_timeout`](super::TestKubeletBuilder::stream_creation_timeout);
+//! on timeout the connection is closed). stdin ends when the client half-closes (FIN) the
+//! stdin stream. Resize events are a sequence of JSON objects on the resize stream. At the end
+//! the status is written on the error stream and, like the kubelet, every stream is reset, a
+//! GOAWAY sent and the connection closed. With `channel.k8s.io` the kubelet resets the error
+//! stream as soon as the streams are set up, so v1 clients never see a status.
+//!
+//! # Options and status (both transports)
 //!
 //! Query: `command` (repeated, one argv element each; exec only), `input`, `output`, `error`,
 //! `tty` (Go booleans such as `1`/`true`). At least one of input/output/error must be set. With
 //! `tty=1` stderr is disabled and everything a command writes to stderr goes to stdout (the
 //! kubelet ignores `error` with a tty).
 //!
-//! On exit the server sends, with v4/v5, a JSON `metav1.Status` on channel 3 —
+//! On exit the server sends, with v4/v5, a JSON `metav1.Status` on the error channel/stream —
 //! `{"metadata":{},"status":"Success"}` or
 //! `{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}`
-//! — and then closes the websocket. With `channel.k8s.io` only failures are reported, as plain
-//! text on channel 3.
+//! — and then closes the session. With older protocols only failures are reported, as plain
+//! text.
 //!
 //! # Built-in commands
 //!
-//! `sh -c "<cmd>"` (also `/bin/sh`) runs `<cmd>` split on whitespace (no quoting) as one of:
+//! Commands run directly from their argv, or through `sh -c "<cmd>"` (also `/bin/sh`), which
+//! splits `<cmd>` on whitespace (no quoting):
 //!
 //! | command | behaviour |
 //! |---|---|
 //! | `cat` | stdin → stdout until stdin ends, exit 0 |
+//! | `cat FILE…` | prints files of the container's in-memory file system |
 //! | `echo ARGS…` | prints the args joined by spaces + `\n`, exit 0 |
 //! | `exit N` | exit status N |
 //! | `true` / `false` | exit 0 / 1 |
@@ -49,22 +78,39 @@
 //! | `sha256sum` | reads stdin to the end, prints `<hex sha256>  <byte count>\n` |
 //! | `head -c N`, `yes-bytes N` | writes N bytes of [`crate::content`] to stdout in 64 KiB messages |
 //! | `tty-size` | prints `WIDTHxHEIGHT\n` for every resize message; exits 0 when stdin ends |
+//! | `test -d\|-e\|-f PATH` | exit 0 or 1, on the in-memory file system |
+//! | `tar -xmf - [-C DIR]`, `tar --no-same-permissions --no-same-owner -xmf - [-C DIR]` | extracts the archive on stdin (what `kubectl cp` uploads with) |
+//! | `tar cf - PATH…` | writes an archive of PATH to stdout (`kubectl cp` downloads) |
+//! | `sh -c "tar cf - PATH \| tail -c+N"` | the same from byte N (`kubectl cp --retries`) |
 //! | anything else | `Failure` status with reason `InternalError` and message `… executable file not found in $PATH` |
+//!
+//! The file system is per container, in memory, starts with `/` and `/tmp`, and behaves like
+//! GNU tar on it (`kubelet/files.rs`); tests can look at it with
+//! [`TestKubelet::file`](super::TestKubelet::file).
 //!
 //! Attach attaches to the container's "main process", which behaves like `cat` and also
 //! prints `WIDTHxHEIGHT\n` on every resize. It is modelled per attach session: when the
 //! session's stdin ends (or, without stdin, when the client goes away) the session ends with
 //! a `Success` status.
 //!
-//! # Port-forward
+//! # Port-forward over WebSocket
 //!
-//! Subprotocols `v4.channel.k8s.io`, `portforward.k8s.io`, `channel.k8s.io`. Ports come from
-//! `port=N[,M…]` (repeatable) and `ports=…`. For the i-th port, channel `2i` carries data and
-//! `2i+1` errors; the server's first message on each of those channels is the port as
-//! little-endian u16 (client → server messages carry no prefix). The server connects to
-//! `127.0.0.1:<port>` and relays bytes both ways; a failed connect is reported as text on the
-//! error channel. When the client closes the websocket the target connections are shut down for
-//! writing; when every target connection reached EOF the server closes the websocket.
+//! Ports come from `port=N[,M…]` (repeatable) and `ports=…`. For the i-th port, channel `2i`
+//! carries data and `2i+1` errors; the server's first message on each of those channels is the
+//! port as little-endian u16 (client → server messages carry no prefix). The server connects
+//! to `127.0.0.1:<port>` and relays bytes both ways; a failed connect is reported as text on
+//! the error channel. When the client closes the websocket the target connections are shut
+//! down for writing; when every target connection reached EOF the server closes the websocket.
+//!
+//! # Port-forward over SPDY/3.1
+//!
+//! The query is ignored (like the kubelet); each forwarded connection is a pair of streams,
+//! `streamType: error` and `streamType: data`, with the same `port` and `requestID` headers.
+//! Once both arrived (stream creation timeout otherwise, reported on the error stream) the
+//! server connects to `127.0.0.1:<port>` and relays: the client's FIN on the data stream shuts
+//! the target connection down for writing, the target's EOF becomes a FIN; when both
+//! directions are done both streams are closed. A failed connect is written as text on the
+//! error stream. The session lasts until the client closes the connection.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -73,27 +119,27 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sha2::{Digest as _, Sha256};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
-    sync::{mpsc, oneshot},
+    sync::mpsc,
 };
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::{Message, protocol::Role};
 
-use super::{Body, Shared, full, parse_query, query_bool};
+use super::{
+    Body, Shared, full, parse_query,
+    process::{self, CHUNK, StreamOpts},
+    query_bool,
+};
 
-/// Subprotocols offered for exec/attach, most preferred first.
+/// WebSocket subprotocols for exec/attach, most preferred first.
 pub const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"];
-/// Subprotocols offered for port-forward, most preferred first.
+/// WebSocket subprotocols for port-forward, most preferred first.
 pub const PORT_FORWARD_PROTOCOLS: &[&str] =
     &["v4.channel.k8s.io", "portforward.k8s.io", "channel.k8s.io"];
 
-/// Size of stdout/port-forward data messages produced by the server.
-const CHUNK: usize = 64 * 1024;
-
-fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
+pub(super) fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
     headers
         .get_all(name)
         .iter()
@@ -105,7 +151,7 @@ fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> Vec<String> {
 }
 
 /// The `Upgrade` protocol when the request is an upgrade request.
-fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
+pub(super) fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
     let conn_upgrade = header_tokens(headers, header::CONNECTION)
         .iter()
         .any(|t| t.eq_ignore_ascii_case("upgrade"));
@@ -148,21 +194,6 @@ fn websocket_accept(
     req: &Request<Incoming>,
     supported: &[&str],
 ) -> Result<(Response<Body>, String), Box<Response<Body>>> {
-    match upgrade_protocol(req.headers()) {
-        None => {
-            return Err(Box::new(full(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Upgrade request required",
-            )));
-        }
-        Some(p) if !p.eq_ignore_ascii_case("websocket") => {
-            return Err(Box::new(full(
-                StatusCode::BAD_REQUEST,
-                format!("unable to upgrade: the test kubelet only speaks websocket (got {p})"),
-            )));
-        }
-        Some(_) => {}
-    }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return Err(Box::new(full(
             StatusCode::BAD_REQUEST,
@@ -202,12 +233,25 @@ fn websocket_accept(
     Ok((resp, protocol))
 }
 
-#[derive(Debug, Clone, Copy)]
-struct StreamOpts {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
+/// How an upgrade request is to be served.
+enum Transport {
+    WebSocket,
+    Spdy,
+}
+
+/// The transport an (already validated) upgrade request asks for, or the kubelet's answer to
+/// a request that is not an upgrade.
+fn transport(req: &Request<Incoming>) -> Result<Transport, Box<Response<Body>>> {
+    match upgrade_protocol(req.headers()) {
+        None => Err(Box::new(full(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Upgrade request required",
+        ))),
+        Some(p) if p.eq_ignore_ascii_case("websocket") => Ok(Transport::WebSocket),
+        // The kubelet sends everything that is not a websocket down its SPDY path, which
+        // negotiates the stream protocol before it looks at the Upgrade header.
+        Some(_) => Ok(Transport::Spdy),
+    }
 }
 
 pub(super) fn remote_command(
@@ -247,15 +291,11 @@ pub(super) fn remote_command(
     if !shared.pod_exists(ns, pod) {
         return full(StatusCode::NOT_FOUND, "pod does not exist");
     }
-    if shared.container(ns, pod, container).is_none() {
+    let Some(target) = shared.container(ns, pod, container) else {
         return full(
             StatusCode::NOT_FOUND,
             format!("container not found (\"{container}\")"),
         );
-    }
-    let (resp, protocol) = match websocket_accept(&req, EXEC_PROTOCOLS) {
-        Ok(ok) => ok,
-        Err(resp) => return *resp,
     };
     let opts = StreamOpts {
         stdin,
@@ -264,6 +304,18 @@ pub(super) fn remote_command(
         stderr: stderr && !tty,
         tty,
     };
+    let command = if attach { None } else { Some(argv) };
+    match transport(&req) {
+        Err(resp) => return *resp,
+        Ok(Transport::Spdy) => {
+            return super::spdy::remote_command(shared, req, target, command, opts);
+        }
+        Ok(Transport::WebSocket) => {}
+    }
+    let (resp, protocol) = match websocket_accept(&req, EXEC_PROTOCOLS) {
+        Ok(ok) => ok,
+        Err(resp) => return *resp,
+    };
     let on = hyper::upgrade::on(&mut req);
     let cancel = shared.cancel.clone();
     let guard = shared.active_guard(true);
@@ -271,9 +323,8 @@ pub(super) fn remote_command(
         let _guard = guard;
         let Ok(upgraded) = on.await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        let command = if attach { None } else { Some(argv) };
         tokio::select! {
-            () = exec_session(ws, protocol, command, opts) => {}
+            () = exec_session(ws, protocol, target, command, opts) => {}
             () = cancel.cancelled() => {}
         }
     });
@@ -287,182 +338,10 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(b.freeze())
 }
 
-enum Exit {
-    Code(i32),
-    Error(String),
-}
-
-/// I/O of a built-in "process".
-struct Proc {
-    stdin: Option<mpsc::Receiver<Bytes>>,
-    resize: mpsc::UnboundedReceiver<(u16, u16)>,
-    out: mpsc::Sender<(u8, Bytes)>,
-    opts: StreamOpts,
-}
-
-/// The client is gone; the process should stop.
-struct Gone;
-
-impl Proc {
-    async fn stdout(&self, data: Bytes) -> Result<(), Gone> {
-        if !self.opts.stdout || data.is_empty() {
-            return Ok(());
-        }
-        self.out.send((1, data)).await.map_err(|_| Gone)
-    }
-
-    async fn stderr(&self, data: Bytes) -> Result<(), Gone> {
-        if self.opts.tty {
-            return self.stdout(data).await;
-        }
-        if !self.opts.stderr || data.is_empty() {
-            return Ok(());
-        }
-        self.out.send((2, data)).await.map_err(|_| Gone)
-    }
-
-    async fn read_stdin(&mut self) -> Option<Bytes> {
-        self.stdin.as_mut()?.recv().await
-    }
-
-    /// Waits for stdin data or a resize; `None` when stdin ended (or the client is gone).
-    async fn next_input(&mut self) -> Option<Input> {
-        let stdin = self.stdin.as_mut();
-        tokio::select! {
-            d = async {
-                match stdin {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => d.map(Input::Stdin),
-            r = self.resize.recv() => match r {
-                Some((w, h)) => Some(Input::Resize(w, h)),
-                // The websocket reader ended, so stdin ends after what is queued.
-                None => self.read_stdin().await.map(Input::Stdin),
-            },
-        }
-    }
-}
-
-enum Input {
-    Stdin(Bytes),
-    Resize(u16, u16),
-}
-
-async fn run_command(argv: &[String], p: &mut Proc) -> Result<Exit, Gone> {
-    let owned: Vec<String>;
-    let argv: &[String] =
-        if argv.len() >= 3 && (argv[0] == "sh" || argv[0] == "/bin/sh") && argv[1] == "-c" {
-            owned = argv[2].split_whitespace().map(str::to_owned).collect();
-            &owned
-        } else {
-            argv
-        };
-    let args: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
-    let parse_n = |s: Option<&&str>| s.and_then(|s| s.parse::<u64>().ok());
-    match argv.first().map(String::as_str).unwrap_or("") {
-        "cat" => {
-            while let Some(d) = p.read_stdin().await {
-                p.stdout(d).await?;
-            }
-            Ok(Exit::Code(0))
-        }
-        "echo" => {
-            p.stdout(Bytes::from(format!("{}\n", args.join(" "))))
-                .await?;
-            Ok(Exit::Code(0))
-        }
-        "stderr" => {
-            p.stderr(Bytes::from(format!("{}\n", args.join(" "))))
-                .await?;
-            Ok(Exit::Code(0))
-        }
-        "true" => Ok(Exit::Code(0)),
-        "false" => Ok(Exit::Code(1)),
-        "exit" => Ok(Exit::Code(
-            args.first().and_then(|a| a.parse().ok()).unwrap_or(0),
-        )),
-        "sha256sum" => {
-            let mut hasher = Sha256::new();
-            let mut count = 0u64;
-            while let Some(d) = p.read_stdin().await {
-                count += d.len() as u64;
-                hasher.update(&d);
-            }
-            let hex = crate::content::hex(&hasher.finalize());
-            p.stdout(Bytes::from(format!("{hex}  {count}\n"))).await?;
-            Ok(Exit::Code(0))
-        }
-        cmd @ ("head" | "yes-bytes") => {
-            let n = if cmd == "head" {
-                if args.first() != Some(&"-c") {
-                    return Ok(Exit::Error("head: only `head -c N` is supported".into()));
-                }
-                parse_n(args.get(1))
-            } else {
-                parse_n(args.first())
-            };
-            let Some(n) = n else {
-                return Ok(Exit::Error(format!("{cmd}: missing or invalid byte count")));
-            };
-            let mut pos = 0u64;
-            while pos < n {
-                let len = (n - pos).min(CHUNK as u64);
-                p.stdout(crate::content::generated_bytes(pos, len as usize))
-                    .await?;
-                pos += len;
-            }
-            Ok(Exit::Code(0))
-        }
-        "tty-size" => {
-            while let Some(input) = p.next_input().await {
-                if let Input::Resize(w, h) = input {
-                    p.stdout(Bytes::from(format!("{w}x{h}\n"))).await?;
-                }
-            }
-            Ok(Exit::Code(0))
-        }
-        other => Ok(Exit::Error(format!(
-            "failed to exec in container: starting container process caused: exec: \"{other}\": executable file not found in $PATH"
-        ))),
-    }
-}
-
-async fn run_attach(p: &mut Proc) -> Result<Exit, Gone> {
-    while let Some(input) = p.next_input().await {
-        match input {
-            Input::Stdin(d) => p.stdout(d).await?,
-            Input::Resize(w, h) => p.stdout(Bytes::from(format!("{w}x{h}\n"))).await?,
-        }
-    }
-    Ok(Exit::Code(0))
-}
-
-fn status_json(argv: &[String], exit: &Exit) -> Option<String> {
-    let quote = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
-    match exit {
-        Exit::Code(0) => None,
-        Exit::Code(n) => {
-            let msg = format!(
-                "command terminated with non-zero exit code: error executing command [{}], exit code {n}",
-                argv.join(" ")
-            );
-            Some(format!(
-                r#"{{"metadata":{{}},"status":"Failure","message":{},"reason":"NonZeroExitCode","details":{{"causes":[{{"reason":"ExitCode","message":"{n}"}}]}}}}"#,
-                quote(&msg)
-            ))
-        }
-        Exit::Error(msg) => Some(format!(
-            r#"{{"metadata":{{}},"status":"Failure","message":{},"reason":"InternalError","details":{{"causes":[{{"message":{}}}]}},"code":500}}"#,
-            quote(msg),
-            quote(msg)
-        )),
-    }
-}
-
 async fn exec_session<S>(
     ws: WebSocketStream<S>,
     protocol: String,
+    container: Arc<super::Container>,
     command: Option<Vec<String>>,
     opts: StreamOpts,
 ) where
@@ -471,13 +350,17 @@ async fn exec_session<S>(
     let v5 = protocol == "v5.channel.k8s.io";
     let json_status = v5 || protocol == "v4.channel.k8s.io";
     let (mut sink, mut stream) = ws.split();
-    let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
-    let (resize_tx, resize_rx) = mpsc::unbounded_channel::<(u16, u16)>();
-    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Bytes)>(16);
-    let (exit_tx, exit_rx) = oneshot::channel::<Exit>();
+    let argv = command.clone().unwrap_or_default();
+    let (io, process) = process::start(container, command, opts);
+    let process::ProcessIo {
+        stdin: stdin_tx,
+        resize: resize_tx,
+        out: mut out_rx,
+        exit: exit_rx,
+    } = io;
 
     let reader = async move {
-        let mut stdin_tx = opts.stdin.then_some(stdin_tx);
+        let mut stdin_tx = stdin_tx;
         while let Some(Ok(msg)) = stream.next().await {
             let data = match msg {
                 Message::Binary(b) => b,
@@ -496,37 +379,13 @@ async fn exec_session<S>(
                     }
                 }
                 4 => {
-                    #[derive(serde::Deserialize)]
-                    #[serde(rename_all = "PascalCase")]
-                    struct Size {
-                        width: u16,
-                        height: u16,
-                    }
-                    if let Ok(s) = serde_json::from_slice::<Size>(&data[1..]) {
-                        let _ = resize_tx.send((s.width, s.height));
+                    if let Some(size) = parse_resize(&data[1..]) {
+                        let _ = resize_tx.send(size).await;
                     }
                 }
                 255 if v5 && data.get(1) == Some(&0) => stdin_tx = None,
                 _ => {}
             }
-        }
-    };
-
-    let argv = command.clone().unwrap_or_default();
-    let process = async move {
-        let mut p = Proc {
-            stdin: opts.stdin.then_some(stdin_rx),
-            resize: resize_rx,
-            out: out_tx,
-            opts,
-        };
-        let result = match &command {
-            Some(argv) => run_command(argv, &mut p).await,
-            None => run_attach(&mut p).await,
-        };
-        drop(p);
-        if let Ok(exit) = result {
-            let _ = exit_tx.send(exit);
         }
     };
 
@@ -536,29 +395,29 @@ async fn exec_session<S>(
                 return;
             }
         }
-        if let Ok(exit) = exit_rx.await {
-            let status = if json_status {
-                Some(
-                    status_json(&argv, &exit)
-                        .unwrap_or_else(|| r#"{"metadata":{},"status":"Success"}"#.to_owned()),
-                )
-            } else {
-                status_json(&argv, &exit).and_then(|s| {
-                    serde_json::from_str::<serde_json::Value>(&s)
-                        .ok()
-                        .and_then(|v| v["message"].as_str().map(str::to_owned))
-                })
-            };
-            if let Some(status) = status
-                && sink.send(frame(3, status.as_bytes())).await.is_err()
-            {
-                return;
-            }
+        if let Ok(exit) = exit_rx.await
+            && let Some(status) = process::status_payload(&argv, &exit, json_status)
+            && sink.send(frame(3, status.as_bytes())).await.is_err()
+        {
+            return;
         }
         close_normally(&mut sink).await;
     };
 
     tokio::join!(reader, process, writer);
+}
+
+/// A terminal size message, `{"Width":w,"Height":h}`.
+pub(super) fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    serde_json::from_slice::<Size>(data)
+        .ok()
+        .map(|s| (s.width, s.height))
 }
 
 fn parse_ports(q: &HashMap<String, Vec<String>>) -> Result<Vec<u16>, String> {
@@ -582,17 +441,31 @@ pub(super) fn port_forward(
     mut req: Request<Incoming>,
     ns: &str,
     pod: &str,
+    uid: Option<&str>,
 ) -> Response<Body> {
     if upgrade_protocol(req.headers()).is_some_and(|p| p.eq_ignore_ascii_case("x-test")) {
         return x_test_upgrade(shared, req);
     }
-    let q = parse_query(req.uri().query());
-    let ports = match parse_ports(&q) {
-        Ok(p) => p,
-        Err(e) => return full(StatusCode::BAD_REQUEST, e),
+    let websocket =
+        upgrade_protocol(req.headers()).is_some_and(|p| p.eq_ignore_ascii_case("websocket"));
+    // Like the kubelet, only websocket requests take their ports from the query; SPDY clients
+    // name the port in each stream's headers.
+    let ports = if websocket {
+        let q = parse_query(req.uri().query());
+        match parse_ports(&q) {
+            Ok(p) => p,
+            Err(e) => return full(StatusCode::BAD_REQUEST, e),
+        }
+    } else {
+        Vec::new()
     };
     if !shared.pod_exists(ns, pod) {
         return full(StatusCode::NOT_FOUND, "pod does not exist");
+    }
+    match transport(&req) {
+        Err(resp) => return *resp,
+        Ok(Transport::Spdy) => return super::spdy::port_forward(shared, req, pod, uid),
+        Ok(Transport::WebSocket) => {}
     }
     let (resp, _protocol) = match websocket_accept(&req, PORT_FORWARD_PROTOCOLS) {
         Ok(ok) => ok,
