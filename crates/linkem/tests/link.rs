@@ -265,6 +265,64 @@ async fn a_blackhole_keeps_both_sides_connected_and_delivers_nothing() -> Result
 }
 
 #[tokio::test]
+async fn a_blackhole_loses_what_is_queued_and_on_the_wire() -> Result<()> {
+    let server = listener().await;
+    // 2 Mbit/s with 200 ms one way: 100 KB take 400 ms to serialise, 50 KB are on the wire.
+    let path = PathConfig {
+        rate: mbit_per_s(2),
+        delay: Duration::from_millis(200),
+        queue: 128 * 1024,
+    };
+    let link = Link::start(
+        server.local_addr()?,
+        LinkConfig {
+            up: path,
+            down: path,
+        },
+    )?;
+    let (mut client, mut accepted) = connect_through(&link, &server).await?;
+    let total = 100_000u64;
+    let (client_r, client_w) = client.into_split();
+    let client_w = send_stream(client_w, 5, total, None).await?;
+    link.wait_stats(EVENT, |s| s.up.queued > 0 && s.up.in_flight > 0)
+        .await?;
+
+    link.blackhole();
+    // No link task runs between these two calls (single-threaded test runtime).
+    let at_blackhole = link.stats();
+    let stats = link
+        .wait_stats(EVENT, |s| s.up.forwarded + s.up.dropped == total)
+        .await?;
+    assert_eq!(stats.up.forwarded, at_blackhole.up.forwarded, "{stats:?}");
+    assert!(
+        stats.up.dropped > at_blackhole.up.in_flight as u64,
+        "{stats:?}"
+    );
+    assert_eq!((stats.up.queued, stats.up.in_flight), (0, 0));
+
+    // What was delivered before the outage is an intact prefix; the FIN sent before the
+    // blackhole is lost with the bytes ahead of it, so the server sees no EOF.
+    let mut prefix = vec![0u8; usize::try_from(stats.up.forwarded)?];
+    within("prefix", accepted.read_exact(&mut prefix)).await??;
+    assert!(
+        prefix
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == byte_at(5, i as u64))
+    );
+    assert_quiet(&accepted, "server");
+
+    link.restore();
+    accepted.write_all(b"still here").await?;
+    client = client_r.reunite(client_w)?;
+    let mut buf = [0u8; 10];
+    within("reply after restore", client.read_exact(&mut buf)).await??;
+    assert_eq!(&buf, b"still here");
+    assert_quiet(&accepted, "server");
+    Ok(())
+}
+
+#[tokio::test]
 async fn reset_gives_both_sides_an_error_and_spares_later_connections() -> Result<()> {
     let server = listener().await;
     let config = LinkConfig::symmetric(mbit_per_s(20), Duration::from_millis(40));
@@ -313,8 +371,12 @@ async fn a_pause_loses_nothing() -> Result<()> {
     link.pause();
     let total = 1 << 20;
     let sender = tokio::spawn(send_stream(client, 3, total, None));
-    let stats = link.wait_stats(EVENT, |s| s.up.queued == queue).await?;
+    link.wait_stats(EVENT, |s| s.up.queued == queue).await?;
+    // Deliberately stay paused for many times the delay: a running link would deliver.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = link.stats();
     assert_eq!(stats.up.forwarded, 4, "nothing is delivered while paused");
+    assert_eq!(stats.up.queued, queue);
     assert_quiet(&accepted, "server");
 
     link.resume();
