@@ -151,7 +151,9 @@ impl Link {
     }
 
     /// Stalls the link: nothing is released or delivered, nothing is lost. Senders fill the
-    /// queue and are then held back by TCP; on [`Link::resume`] everything flows on in order.
+    /// queue and are then held back by TCP; on [`Link::resume`] everything flows on in order
+    /// (bytes that were on the wire and are overdue arrive at once, the queue drains at the
+    /// rate). A [`Link::blackhole`] takes precedence: while both are on, bytes are lost.
     pub fn pause(&self) {
         self.control.send_modify(|c| c.paused = true);
     }
