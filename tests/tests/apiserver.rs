@@ -8,7 +8,9 @@
 use bytes::Bytes;
 use http::StatusCode;
 use test_support::apiserver::TestPod;
-use test_support::client::{UpgradeError, body_bytes, exec_ws, http_get};
+use test_support::client::{
+    UpgradeError, body_bytes, echo_server, exec_spdy, exec_ws, http_get, port_forward_spdy,
+};
 use test_support::kubelet::{ContainerSpec, TestKubelet};
 use tether_e2e::{Cluster, PATIENCE};
 
@@ -206,4 +208,89 @@ async fn without_the_api_cached_pods_and_host_still_route() {
         &body_bytes(resp.into_body()).await.unwrap()[..],
         b"pod \"new\" does not exist"
     );
+}
+
+#[tokio::test]
+async fn spdy_and_websocket_upgrades_through_the_api_server() {
+    let s = setup().await;
+    let c = &s.cluster;
+    let host = c.api_host();
+    let exec = "/api/v1/namespaces/default/pods/db/exec?command=cat&stdin=true&stdout=true";
+
+    // SPDY: kube-apiserver relays the bytes with kubectl's own Host.
+    let mut session = exec_spdy(c.connect_api().await.unwrap(), &host, exec, &[])
+        .await
+        .expect("SPDY exec through the API server");
+    session.send_stdin(b"spdy stdin\n").await.unwrap();
+    session.close_stdin().await.unwrap();
+    let out = tokio::time::timeout(PATIENCE, session.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"spdy stdin\n");
+    assert_eq!(out.exit_code(), Some(0));
+
+    // WebSocket: translated to SPDY towards the kubelet.
+    let mut session = exec_ws(c.connect_api().await.unwrap(), &host, exec, &[])
+        .await
+        .expect("WebSocket exec through the API server");
+    assert_eq!(session.protocol(), Some("v5.channel.k8s.io"));
+    session.send_stdin(b"ws stdin\n").await.unwrap();
+    session.close_stdin().await.unwrap();
+    let out = tokio::time::timeout(PATIENCE, session.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.stdout, b"ws stdin\n");
+    assert_eq!(out.exit_code(), Some(0));
+
+    // Exit codes survive the translation.
+    let session = exec_ws(
+        c.connect_api().await.unwrap(),
+        &host,
+        "/api/v1/namespaces/default/pods/db/exec?command=sh&command=-c&command=exit%204&stdout=true",
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = tokio::time::timeout(PATIENCE, session.collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.exit_code(), Some(4));
+
+    // SPDY port-forward with kubectl's Host.
+    let (echo, echo_guard) = echo_server().await.unwrap();
+    let path = format!(
+        "/api/v1/namespaces/default/pods/web/portforward?ports={}",
+        echo.port()
+    );
+    let mut pf = port_forward_spdy(c.connect_api().await.unwrap(), &host, &path, &[])
+        .await
+        .expect("SPDY port-forward through the API server");
+    pf.write(b"ping through the tunnel").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 23 {
+        let chunk = tokio::time::timeout(PATIENCE, pf.read())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("echo");
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, b"ping through the tunnel");
+    pf.close().await.unwrap();
+    echo_guard.shutdown().await;
+
+    // Every upgrade reached a kubelet as SPDY.
+    for r in s
+        .kubelet_1
+        .requests()
+        .into_iter()
+        .chain(s.kubelet_2.requests())
+    {
+        if let Some(up) = r.headers.get("upgrade") {
+            assert_eq!(up, "SPDY/3.1", "{}", r.path_and_query);
+        }
+    }
 }

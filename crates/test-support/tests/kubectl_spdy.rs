@@ -1,11 +1,10 @@
 //! The real `kubectl` (Go: client-go's SPDY executor and port-forwarder on moby/spdystream)
 //! against the test kubelet's SPDY/3.1 endpoints.
 //!
-//! kubectl needs an API server, so a small stand-in runs here: HTTPS on 127.0.0.1, a Running
-//! pod for `GET .../pods/<pod>`, the discovery documents kubectl asks for, and the pod's
-//! `exec`/`attach`/`portforward` subresources proxied to the kubelet the way kube-apiserver
-//! does for SPDY: the request is rewritten to the kubelet path, the upgrade is forwarded, the
-//! kubelet's response head is relayed and then the bytes are copied untouched both ways.
+//! kubectl needs an API server: `test_support::apiserver` serves the pod and discovery and
+//! proxies the pod's `exec`/`attach`/`portforward` subresources straight to the kubelet the
+//! way kube-apiserver does for SPDY (the upgrade forwarded, the kubelet's answer relayed, then
+//! the bytes copied untouched both ways).
 //! The websocket transports are switched off (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`,
 //! `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`), so every byte kubectl sends is SPDY.
 //!
@@ -15,33 +14,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Result;
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use test_support::apiserver::{KubeletDial, TestApiServer, TestNode, TestPod};
 use test_support::{ContainerSpec, TestKubelet, TestPki, echo_server};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     process::Command,
 };
-use tokio_rustls::TlsAcceptor;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// Generous bound on one kubectl run.
 const WAIT: Duration = Duration::from_secs(60);
-
-type Body = BoxBody<Bytes, Infallible>;
 
 fn kubectl_binary() -> Option<PathBuf> {
     let candidate = std::env::var_os("KUBECTL").map(PathBuf::from).or_else(|| {
@@ -62,235 +51,29 @@ fn skip(test: &str) -> bool {
     false
 }
 
-fn body(status: StatusCode, content_type: &str, data: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Full::new(data.into()).boxed());
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(content_type).unwrap(),
-    );
-    resp
-}
-
-fn json(value: serde_json::Value) -> Response<Body> {
-    body(StatusCode::OK, "application/json", value.to_string())
-}
-
-fn pod_json(ns: &str, pod: &str, containers: &[&str]) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": pod, "namespace": ns, "uid": "0b6c6a1e-test-pod"},
-        "spec": {
-            "nodeName": "edge-1",
-            "containers": containers.iter().map(|c| serde_json::json!({"name": c, "image": "test", "stdin": true})).collect::<Vec<_>>(),
-        },
-        "status": {
-            "phase": "Running",
-            "containerStatuses": containers.iter().map(|c| serde_json::json!({
-                "name": c, "ready": true, "restartCount": 0, "image": "test", "imageID": "",
-                "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
-            })).collect::<Vec<_>>(),
-        }
-    })
-}
-
-/// The kubelet path and query kube-apiserver builds for a pod subresource request.
-fn kubelet_target(ns: &str, pod: &str, sub: &str, query: &str, containers: &[&str]) -> String {
-    let mut container = containers[0].to_owned();
-    let mut out = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let on = v == "true" || v == "1";
-        match k {
-            // Values stay percent-encoded: they are copied, not interpreted.
-            "command" => out.push(format!("command={v}")),
-            "container" => container = v.to_owned(),
-            "stdin" if on => out.push("input=1".to_owned()),
-            "stdout" if on => out.push("output=1".to_owned()),
-            "stderr" if on => out.push("error=1".to_owned()),
-            "tty" if on => out.push("tty=1".to_owned()),
-            "ports" => out.push(format!("port={v}")),
-            _ => {}
-        }
-    }
-    let path = match sub {
-        "exec" => format!("/exec/{ns}/{pod}/{container}"),
-        "attach" => format!("/attach/{ns}/{pod}/{container}"),
-        _ => format!("/portForward/{ns}/{pod}"),
-    };
-    if out.is_empty() {
-        path
-    } else {
-        format!("{path}?{}", out.join("&"))
-    }
-}
-
-/// Forwards an upgrade to the kubelet and, on 101, copies bytes both ways.
-async fn proxy_upgrade(
-    kubelet: SocketAddr,
-    target: String,
-    mut req: Request<Incoming>,
-    tracker: TaskTracker,
-) -> Response<Body> {
-    let result: Result<Response<Body>> = async {
-        let tcp = TcpStream::connect(kubelet).await?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tracker.spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let mut up = Request::builder()
-            .method(req.method())
-            .uri(&target)
-            .header(header::HOST, kubelet.to_string());
-        for (name, value) in req.headers() {
-            let n = name.as_str();
-            if n.eq_ignore_ascii_case("connection")
-                || n.eq_ignore_ascii_case("upgrade")
-                || n.to_ascii_lowercase().starts_with("x-stream-protocol")
-            {
-                up = up.header(name, value);
-            }
-        }
-        let resp = send.send_request(up.body(Full::new(Bytes::new()))?).await?;
-        let (parts, kubelet_body) = resp.into_parts();
-        if parts.status != StatusCode::SWITCHING_PROTOCOLS {
-            let data = kubelet_body.collect().await?.to_bytes();
-            let mut out = Response::new(Full::new(data).boxed());
-            *out.status_mut() = parts.status;
-            *out.headers_mut() = parts.headers;
-            return Ok(out);
-        }
-        let kubelet_side = hyper::upgrade::on(Response::from_parts(parts.clone(), kubelet_body));
-        let client_side = hyper::upgrade::on(&mut req);
-        tracker.spawn(async move {
-            let (Ok(k), Ok(c)) = (kubelet_side.await, client_side.await) else {
-                return;
-            };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(k), &mut TokioIo::new(c)).await;
-        });
-        let mut out = Response::new(Full::new(Bytes::new()).boxed());
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        *out.headers_mut() = parts.headers;
-        Ok(out)
-    }
-    .await;
-    result.unwrap_or_else(|e| {
-        body(
-            StatusCode::BAD_GATEWAY,
-            "text/plain",
-            format!("proxy error: {e:#}"),
-        )
-    })
-}
-
-async fn apiserver_handle(
-    kubelet: SocketAddr,
-    containers: Arc<Vec<&'static str>>,
-    tracker: TaskTracker,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
-    Ok(match segs.as_slice() {
-        ["api"] => json(serde_json::json!({
-            "kind": "APIVersions", "versions": ["v1"],
-            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443"}]
-        })),
-        ["apis"] => {
-            json(serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
-        }
-        ["api", "v1"] => json(serde_json::json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-            "resources": [
-                {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
-                 "verbs": ["get", "list"], "shortNames": ["po"]},
-                {"name": "pods/attach", "singularName": "", "namespaced": true, "kind": "PodAttachOptions", "verbs": ["create", "get"]},
-                {"name": "pods/exec", "singularName": "", "namespaced": true, "kind": "PodExecOptions", "verbs": ["create", "get"]},
-                {"name": "pods/portforward", "singularName": "", "namespaced": true, "kind": "PodPortForwardOptions", "verbs": ["create", "get"]}
-            ]
-        })),
-        ["api", "v1", "namespaces", ns, "pods", pod] => json(pod_json(ns, pod, &containers)),
-        [
-            "api",
-            "v1",
-            "namespaces",
-            ns,
-            "pods",
-            pod,
-            sub @ ("exec" | "attach" | "portforward"),
-        ] => {
-            let target = kubelet_target(ns, pod, sub, &query, &containers);
-            proxy_upgrade(kubelet, target, req, tracker).await
-        }
-        _ => body(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": format!("{path} not found"), "reason": "NotFound", "code": 404})
-            .to_string(),
-        ),
-    })
-}
-
-/// A minimal HTTPS API server in front of one kubelet, plus the kubeconfig kubectl needs.
+/// A test API server (`test_support::apiserver`) in front of the kubelet: it relays
+/// kubectl's SPDY upgrades to the kubelet untouched, as kube-apiserver does.
 struct Apiserver {
+    api: TestApiServer,
     dir: tempfile::TempDir,
-    cancel: CancellationToken,
-    tracker: TaskTracker,
 }
 
 impl Apiserver {
     async fn start(kubelet: SocketAddr, containers: Vec<&'static str>) -> Result<Self> {
         let pki = TestPki::new()?;
-        let identity = pki.server(&["127.0.0.1", "localhost"])?;
-        let mut cfg = (*test_support::pki::server_config(&identity, None)?).clone();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(cfg));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let dir = tempfile::tempdir()?;
-        let ca = pki.write_ca(dir.path())?;
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{addr}\n    certificate-authority: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\nusers:\n- name: test\n  user:\n    token: test-token\n",
-            ca.display()
-        );
-        std::fs::write(dir.path().join("kubeconfig"), kubeconfig)?;
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let containers = Arc::new(containers);
-        let (c, t) = (cancel.clone(), tracker.clone());
-        tracker.spawn(async move {
-            loop {
-                let tcp = tokio::select! {
-                    r = listener.accept() => match r { Ok((tcp, _)) => tcp, Err(_) => continue },
-                    () = c.cancelled() => return,
-                };
-                let (acceptor, containers, t2, c2) =
-                    (acceptor.clone(), containers.clone(), t.clone(), c.clone());
-                t.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        apiserver_handle(kubelet, containers.clone(), t2.clone(), req)
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .with_upgrades();
-                    tokio::select! {
-                        _ = conn => {}
-                        () = c2.cancelled() => {}
-                    }
-                });
-            }
+        let api = TestApiServer::builder(&pki)
+            .kubelet(KubeletDial::Plain(kubelet))
+            .start()
+            .await?;
+        api.put_node(TestNode {
+            name: "test-node".into(),
+            internal_ip: kubelet.ip(),
+            kubelet_port: kubelet.port(),
         });
-        Ok(Self {
-            dir,
-            cancel,
-            tracker,
-        })
+        api.put_pod(TestPod::running("default", "web", "test-node", &containers));
+        let dir = tempfile::tempdir()?;
+        api.write_kubeconfig(dir.path())?;
+        Ok(Self { api, dir })
     }
 
     fn kubectl(&self, binary: &Path) -> Command {
@@ -308,9 +91,7 @@ impl Apiserver {
     }
 
     async fn shutdown(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        self.api.shutdown().await;
     }
 }
 
@@ -455,7 +236,7 @@ async fn kubectl_exec_over_spdy() {
         .collect();
     assert_eq!(execs.len(), 6);
     for r in &execs {
-        assert_eq!(r.headers[header::UPGRADE], "SPDY/3.1");
+        assert_eq!(r.headers[http::header::UPGRADE], "SPDY/3.1");
         assert!(
             r.headers
                 .get_all("x-stream-protocol-version")

@@ -20,9 +20,9 @@
 //!   - `portforward` over **WebSocket** (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31) is
 //!     tunnelled: the WebSocket's binary messages carry the SPDY bytes, which go to the
 //!     kubelet as an SPDY upgrade — again with the client's `Host`;
-//!   - `exec`/`attach` over **WebSocket** (kubectl ≥ 1.30) would be translated to SPDY by
-//!     kube-apiserver with the node's address as `Host`; see [`proxy`] for what this server
-//!     does with them.
+//!   - `exec`/`attach` over **WebSocket** (kubectl ≥ 1.30) are translated: the WebSocket ends
+//!     here and an SPDY session goes to the kubelet, with the node's address as `Host`, as
+//!     kube-apiserver's stream translator does. So every kubelet leg is SPDY.
 //!
 //! Clients authenticate with a client certificate from the server's CA or the bearer token
 //! [`TOKEN`]. [`TestApiServer::write_kubeconfig`] writes a kubeconfig for kubectl and kube-rs.

@@ -8,7 +8,7 @@
 //! | `nodes/{n}/proxy/{path}` | `{method} /{path}?…` + `X-Forwarded-Uri` | node address |
 //! | `pods/exec`, `attach`, `portforward` over SPDY | the same upgrade, bytes untouched | the client's (`UseLocationHost: false`) |
 //! | `pods/portforward` over WebSocket (`SPDY/3.1+portforward.k8s.io`) | an SPDY upgrade; WebSocket binary messages ↔ bytes | the client's |
-//! | `pods/exec`, `attach` over WebSocket | see [`websocket_exec`] | node address |
+//! | `pods/exec`, `attach` over WebSocket | translated: SPDY to the kubelet (see `websocket_exec`) | node address |
 //!
 //! The kubelet's answer to an upgrade is relayed as it is: a `101` with the kubelet's headers
 //! (then bytes both ways), or the kubelet's error status and body.
@@ -526,19 +526,188 @@ where
     up.and(down)
 }
 
+/// WebSocket subprotocols kube-apiserver's stream translator accepts from clients, most
+/// preferred first.
+const TRANSLATED_PROTOCOLS: [&str; 5] = [
+    "v5.channel.k8s.io",
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
 /// Exec and attach over WebSocket (`v5.channel.k8s.io`, kubectl ≥ 1.30's default).
 ///
-/// kube-apiserver terminates these and speaks SPDY to the kubelet, with the node's address
-/// as `Host`. Until this server translates, it relays the WebSocket upgrade to the kubelet
-/// with that same `Host`; our tunnel treats both alike (it never parses the upgraded bytes).
+/// kube-apiserver terminates the WebSocket and speaks SPDY to the kubelet (its
+/// `StreamTranslatorHandler`), with the node's address as `Host`. So does this server: the
+/// WebSocket is upgraded first, then the SPDY session opened; a failure to open it is
+/// reported on the error channel as a `Status`, the way kube-apiserver reports it.
 async fn websocket_exec(
     state: &Arc<State>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     path_and_query: &str,
     node_host: &str,
-    peer: SocketAddr,
+    _peer: SocketAddr,
 ) -> Response<Body> {
-    raw_upgrade(state, req, path_and_query, node_host, &[], peer).await
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "missing Sec-WebSocket-Key",
+        );
+    };
+    let offered = header_tokens(req.headers(), &header::SEC_WEBSOCKET_PROTOCOL);
+    let Some(protocol) = offered
+        .iter()
+        .find(|p| TRANSLATED_PROTOCOLS.contains(&p.as_str()))
+        .cloned()
+    else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("none of the offered subprotocols {offered:?} is supported"),
+        );
+    };
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let task_state = state.clone();
+    let path_and_query = path_and_query.to_owned();
+    let node_host = node_host.to_owned();
+    let v5 = protocol == "v5.channel.k8s.io";
+    state.tracker.spawn(async move {
+        let state = task_state;
+        let Ok(client) = client_upgrade.await else {
+            return;
+        };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, None).await;
+        tokio::select! {
+            () = translate(&state, ws, &path_and_query, &node_host, v5) => {}
+            () = state.cancel.cancelled() => {}
+        }
+    });
+    let mut reply = Response::new(http_body_util::Empty::new().map_err(never).boxed_unsync());
+    *reply.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = reply.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) =
+        HeaderValue::try_from(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+    {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Ok(p) = HeaderValue::try_from(protocol) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    reply
+}
+
+/// Carries one translated exec/attach: WebSocket channels ↔ SPDY streams.
+async fn translate<S>(
+    state: &State,
+    ws: WebSocketStream<S>,
+    path_and_query: &str,
+    node_host: &str,
+    v5: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut sink, mut stream) = ws.split();
+    let session = match dial(state).await {
+        Ok(io) => crate::client::exec_spdy(io, node_host, path_and_query, &[]).await,
+        Err(e) => Err(e),
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            let message = match e.downcast_ref::<crate::client::UpgradeError>() {
+                Some(up) => format!("{}", String::from_utf8_lossy(&up.body)),
+                None => format!("error dialing backend: {e:#}"),
+            };
+            let body = super::status_json(500, "InternalError", &message).to_string();
+            let _ = sink.send(channel_message(3, body.as_bytes())).await;
+            close_normally(&mut sink).await;
+            return;
+        }
+    };
+    let (mut writer, mut reader) = session.split();
+    // Client → kubelet: stdin, resize, and (v5) the CLOSE signal for stdin.
+    let up = async {
+        while let Some(Ok(message)) = stream.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&channel, payload)) = data.split_first() else {
+                continue;
+            };
+            let sent = match channel {
+                0 => writer.send_stdin(payload).await,
+                4 => match serde_json::from_slice::<serde_json::Value>(payload) {
+                    Ok(size) => {
+                        let dim = |k: &str| {
+                            size[k]
+                                .as_u64()
+                                .and_then(|v| u16::try_from(v).ok())
+                                .unwrap_or(0)
+                        };
+                        writer.resize(dim("Width"), dim("Height")).await
+                    }
+                    Err(_) => Ok(()),
+                },
+                255 if v5 && payload.first() == Some(&0) => writer.close_stdin().await,
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+        // Without v5's CLOSE signal, stdin ends with the WebSocket.
+        let _ = writer.close_stdin().await;
+    };
+    // Kubelet → client: stdout, stderr, then the status.
+    let down = async {
+        while let Ok(Some(event)) = reader.next().await {
+            let message = match event {
+                crate::client::Event::Stdout(d) => channel_message(1, &d),
+                crate::client::Event::Stderr(d) => channel_message(2, &d),
+                crate::client::Event::Status(serde_json::Value::String(text)) => {
+                    channel_message(3, text.as_bytes())
+                }
+                crate::client::Event::Status(status) => {
+                    channel_message(3, status.to_string().as_bytes())
+                }
+            };
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        close_normally(&mut sink).await;
+    };
+    // The exec is over when the kubelet's side is; a client still sending stdin then is cut.
+    tokio::select! {
+        () = down => {}
+        () = async { up.await; std::future::pending::<()>().await } => {}
+    }
+}
+
+fn channel_message(channel: u8, data: &[u8]) -> Message {
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(channel);
+    out.extend_from_slice(data);
+    Message::Binary(Bytes::from(out))
+}
+
+/// Ends a WebSocket with `1000 Normal Closure`, which client-go reads as a clean end.
+async fn close_normally<S>(sink: &mut S)
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let normal = tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
+    let _ = sink.close().await;
 }
 
 fn header_tokens(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
@@ -563,14 +732,17 @@ fn with_query(path: &str, params: &[(&str, String)]) -> String {
     format!("{path}?{}", query.join("&"))
 }
 
-/// Percent-encodes a query value, leaving only RFC 3986's unreserved characters.
+/// Percent-encodes a query value as Go's `url.QueryEscape` does (what kube-apiserver's
+/// `url.Values.Encode` writes): unreserved characters stay, a space becomes `+`.
 fn encode(value: &str) -> String {
     const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
         .remove(b'-')
         .remove(b'_')
         .remove(b'.')
         .remove(b'~');
-    percent_encoding::utf8_percent_encode(value, UNRESERVED).to_string()
+    percent_encoding::utf8_percent_encode(value, UNRESERVED)
+        .to_string()
+        .replace("%20", "+")
 }
 
 fn never(e: std::convert::Infallible) -> io::Error {

@@ -312,9 +312,10 @@ pub(super) async fn exec<S: Io>(
     path_and_query: &str,
     extra_headers: &[(&str, &str)],
 ) -> Result<SpdyExec> {
-    let stdin = query_flag(path_and_query, "input")?;
-    let stdout = query_flag(path_and_query, "output")?;
-    let stderr = query_flag(path_and_query, "error")?;
+    // The kubelet's names, or the API server's (`pods/<p>/exec?stdin=true&stdout=true`).
+    let stdin = query_flag(path_and_query, "input")? || query_flag(path_and_query, "stdin")?;
+    let stdout = query_flag(path_and_query, "output")? || query_flag(path_and_query, "stdout")?;
+    let stderr = query_flag(path_and_query, "error")? || query_flag(path_and_query, "stderr")?;
     let tty = query_flag(path_and_query, "tty")?;
     let mut headers: Vec<(&str, &str)> = Vec::new();
     if !has_protocol_header(extra_headers) {
