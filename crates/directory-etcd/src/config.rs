@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 pub(crate) const MAX_NAME_LEN: usize = 253;
 
 /// Where etcd is and how this replica uses it.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DirectoryConfig {
     /// Client URLs, `http://host:port` or `https://host:port` (all of one scheme).
     pub endpoints: Vec<String>,
@@ -50,20 +50,6 @@ pub struct DirectoryConfig {
     /// each), so a handful in flight hides etcd's commit latency when many edges connect at
     /// once (after a replica restart, for example).
     pub max_in_flight: usize,
-}
-
-impl fmt::Debug for DirectoryConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DirectoryConfig")
-            .field("endpoints", &self.endpoints)
-            .field("tls", &self.tls)
-            .field("prefix", &self.prefix)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("dial_timeout", &self.dial_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_in_flight", &self.max_in_flight)
-            .finish()
-    }
 }
 
 impl DirectoryConfig {

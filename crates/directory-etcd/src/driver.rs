@@ -318,12 +318,28 @@ impl Driver {
         }
         let cache = Cache::from_list(keys, &kvs, revision);
         drop(kvs);
+        // Revisions only grow in one store. Smaller ones mean a restored or replaced store,
+        // where the revisions we remember for our writes mean nothing.
+        let last_write = self.shared.last_write.load(Ordering::Acquire);
+        let replaced_store = revision < last_write;
+        if replaced_store {
+            warn!(
+                revision,
+                last_write,
+                "etcd's revision went backwards (a restored or replaced store?); \
+                 writing every local claim again"
+            );
+            self.shared.last_write.store(0, Ordering::Release);
+        }
         let mut lost = Vec::new();
         {
             let mut local = self.shared.local();
             let mut shared_cache = self.shared.cache_mut();
             *shared_cache = cache;
             local.abandon_in_flight();
+            if replaced_store {
+                local.lease_lost();
+            }
             let names: Vec<Arc<str>> = local.nodes.keys().cloned().collect();
             for name in &names {
                 check_node(
@@ -592,6 +608,8 @@ impl Driver {
             let mut cache = self.shared.cache_mut();
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
+                // etcd-client panics on an event type other than PUT (0) and DELETE (1); the
+                // protocol has no other, and etcd is the store we trust with everything else.
                 let put = event.event_type() == EventType::Put;
                 cache.revision = cache.revision.max(kv.mod_revision());
                 match keys.classify(kv.key()) {

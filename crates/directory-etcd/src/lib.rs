@@ -24,6 +24,23 @@
 //! with capped, jittered backoff; when etcd returns, the replica re-lists, renews or replaces
 //! its lease, and writes what it owes, without a restart.
 //!
+//! # Keys
+//!
+//! Under the prefix (default `/tether/v1/`), all on the writing replica's lease:
+//! `nodes/<node>` → JSON `{"replica","addr","session","ips"}`; `ips/<ip>` → node name
+//! (written in the claim's transaction); `replicas/<id>` → JSON `{"addr"}`.
+//!
+//! # Costs (measured by `tests/bench.rs`, 2 cores, etcd 3.4 on ext4)
+//!
+//! - etcd traffic: one transaction per claim, one per release, one lease renewal per replica
+//!   every TTL/3; nothing per session beyond that.
+//! - 10,000 claims (one IP each) spread over 3 replicas: written in 1.5 s (≈ 6,700 etcd
+//!   writes/s with the default 64 transactions in flight per replica; ≈ 2,400/s with one);
+//!   every replica's cache showed all 10,000 nodes by the time the last write returned.
+//! - Cache: ≈ 312 bytes of heap per node (one IP, 10-byte name), counted by jemalloc: about
+//!   170 in the node map (hash tables round up to a power of two), 65 in the IP map, the rest
+//!   the node name and IP list. 100,000 nodes ≈ 31 MB on every replica.
+//!
 //! # Layout
 //!
 //! - [`config`]: endpoints, TLS, prefix, TTL and timeouts; the replica's identity.

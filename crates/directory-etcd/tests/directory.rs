@@ -528,3 +528,33 @@ async fn a_release_racing_a_newer_claim_never_deletes_it() {
     assert!(a.events.events().is_empty());
     assert!(b.events.events().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_replaced_by_an_empty_one_is_filled_again() {
+    init_tracing();
+    let mut etcd = Etcd::start().await.unwrap();
+    let (a, b, _c) = three(&etcd).await;
+    // Our writes land at revisions the new store will not reach for a while.
+    let mut raw = etcd.client().await.unwrap();
+    for i in 0..200 {
+        raw.put("/unrelated/key", format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        a.dir.claim(&format!("edge-{i}"), &[ip("10.0.3.1")], i);
+    }
+    all_see(&[&a, &b], "edge-19", Some("a")).await;
+    a.fresh().await;
+
+    etcd.stop(Stop::Term).unwrap();
+    etcd.wipe().unwrap();
+    etcd.restart().await.unwrap();
+
+    a.fresh().await;
+    for i in 0..20 {
+        all_see(&[&a, &b], &format!("edge-{i}"), Some("a")).await;
+    }
+    assert_eq!(a.dir.status().counters.lease_losses, 1);
+    assert!(a.events.events().is_empty());
+}

@@ -500,3 +500,14 @@ impl Drop for Partition {
         self.task.abort();
     }
 }
+
+impl Etcd {
+    /// Deletes the data directory of a stopped etcd: its next start is an empty store.
+    pub fn wipe(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("etcd is still running");
+        }
+        std::fs::remove_dir_all(self.dir.path().join("data"))?;
+        Ok(())
+    }
+}
