@@ -255,6 +255,25 @@ tether_cli::settings! {
         default: session::DEFAULT_MAX_DATA_CHUNK,
         check: check::data_chunk,
     }
+    /// Largest receive window one stream grows to on a long, fast link (tether/2), bytes; at
+    /// least `streamWindow`, which it equals to keep windows fixed. Default: 16 MiB.
+    max_stream_window: u32 {
+        key: "session.maxStreamWindow",
+        default: session::DEFAULT_MAX_STREAM_WINDOW,
+        check: check::stream_window,
+    }
+    /// Bytes of receive windows above `streamWindow` all streams of one session may hold
+    /// (tether/2). Default: 64 MiB.
+    session_window_budget: u64 {
+        key: "session.sessionWindowBudget",
+        default: session::DEFAULT_SESSION_WINDOW_BUDGET,
+    }
+    /// Bytes the kernel may keep unsent on the tunnel socket (`TCP_NOTSENT_LOWAT`); 0 leaves
+    /// the kernel's default. Default: 16384.
+    unsent_limit: u32 {
+        key: "session.unsentLimit",
+        default: session::DEFAULT_UNSENT_LIMIT,
+    }
     /// Wait for an open result (tether/2).
     open_timeout: Duration {
         key: "session.openTimeout",
@@ -541,6 +560,9 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
         write_queue: v.write_queue.value,
         max_streams: v.max_streams.value,
         max_data_chunk: v.max_data_chunk.value,
+        max_stream_window: v.max_stream_window.value,
+        session_window_budget: v.session_window_budget.value,
+        unsent_limit: v.unsent_limit.value,
         open_timeout: v.open_timeout.value,
     };
     tether_file::check_session(file, &session, &dead_after_origin, &v.ping_interval.origin)?;

@@ -62,7 +62,7 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
     let server_name = ServerName::try_from(host.to_owned())
         .map_err(|e| Error::Handshake(format!("server name {host:?}: {e}")))?;
     let tcp = TcpStream::connect(&config.server).await?;
-    tcp.set_nodelay(true)?;
+    crate::session::tune_socket(&tcp, &config.session)?;
     // Weak edge links lose NAT state silently; TCP keepalive finds that under the pings.
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(15))

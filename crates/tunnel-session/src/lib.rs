@@ -24,10 +24,12 @@ pub mod config;
 pub mod dialect;
 pub mod error;
 pub mod registry;
+mod sched;
 pub mod server;
 pub mod session;
 pub mod stream;
 pub mod tls;
+mod window;
 mod ws;
 
 /// The wire types streams are opened with (`ConnectRequest`, `GoUrl`, `OpenResult`, …).

@@ -222,7 +222,9 @@ impl TunnelServer {
         tracker: TaskTracker,
         stop: CancellationToken,
     ) {
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::session::tune_socket(&tcp, &self.config.session) {
+            debug!(%peer, error = %e, "tunnel socket options not set");
+        }
         let timeout = self.config.handshake_timeout;
         let tls = match tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,

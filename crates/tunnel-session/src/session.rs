@@ -7,7 +7,8 @@
 //! owns it, and the session ends when it returns.
 //!
 //! The writer drains a small priority queue of control messages (pongs, windows, resets) and
-//! a bounded queue of stream messages, batches what is ready and writes it under a deadline.
+//! then the streams' own queues, fairly (see `sched`), in small batches written under a
+//! deadline, so a keystroke never waits behind a bulk copy's backlog.
 //! The reader decodes each message and hands it to its stream without blocking other
 //! streams, except for a bounded pause when a stock KubeEdge peer overruns a stream buffer.
 
@@ -28,13 +29,17 @@ use tracing::{debug, info, trace, warn};
 use crate::config::SessionConfig;
 use crate::dialect::{Dialect, NodeIdentity, Role};
 use crate::error::{Error, Result};
+use crate::sched::Scheduler;
 use crate::stream::{ConnectKind, Push, Stream, StreamShared};
+use crate::window::{Limits, PathRtt, WindowBudget};
 use crate::ws::{self, DataKind, FrameReader, OpCode, WsEvent, WsRole};
 
 /// DATA payloads below this size are copied out of the read buffer (see `dispatch`).
 const COPY_BELOW: usize = 32 * 1024;
-/// The writer writes once it has gathered this much.
-const WRITE_BATCH: usize = 256 * 1024;
+/// The writer stops gathering messages once it has this much and writes it. Small, because
+/// what sits in a batch is queued ahead of whatever a stream sends next: a batch holds one
+/// large DATA frame, or many small messages (one write for many streams' log lines).
+const WRITE_BATCH: usize = 32 * 1024;
 /// Per stream we queue at most a window update and a reset or remove, plus a few spare.
 const CONTROL_PER_STREAM: usize = 3;
 
@@ -62,6 +67,7 @@ pub struct SessionStats {
     bytes_received: AtomicU64,
     streams_opened: AtomicU64,
     rtt_micros: AtomicU64,
+    min_rtt_micros: AtomicU64,
 }
 
 impl SessionStats {
@@ -87,6 +93,21 @@ impl SessionStats {
             us => Some(Duration::from_micros(us)),
         }
     }
+    /// The shortest ping round trip seen: the path's delay without queues, if measured.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        match self.min_rtt_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+    fn record_rtt(&self, micros: u64) {
+        self.rtt_micros.store(micros, Ordering::Relaxed);
+        let _ = self
+            .min_rtt_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |min| {
+                (min == 0 || micros < min).then_some(micros)
+            });
+    }
 }
 
 /// Control messages waiting for the writer, ahead of stream data.
@@ -99,13 +120,6 @@ struct ControlQueue {
     messages: VecDeque<Message>,
 }
 
-/// A message for the writer, in stream order.
-pub(crate) struct Outbound {
-    pub(crate) msg: Message,
-    /// Holds a `budget` permit, returned once the writer has taken it.
-    pub(crate) budgeted: bool,
-}
-
 /// State shared by the session handle, its streams and its driver.
 pub(crate) struct Shared {
     pub(crate) role: Role,
@@ -115,14 +129,19 @@ pub(crate) struct Shared {
     peer_window: u32,
     streams: Mutex<HashMap<ConnectId, Arc<StreamShared>>>,
     next_id: AtomicU64,
-    /// Stream messages in order. Unbounded as a channel, but DATA needs a permit from
-    /// `budget` (the bound on queued data), and every other message on it is at most a
-    /// connect, an open result and a close per stream, which `max_streams` bounds.
-    data_tx: mpsc::UnboundedSender<Outbound>,
+    /// Stream messages, a queue per stream. Bounded: a stream queues at most one DATA
+    /// message (and DATA also needs a permit from `budget`), besides its connect, open
+    /// result and close, each sent once.
+    pub(crate) sched: Scheduler,
     /// Permits for DATA messages queued for the writer.
     pub(crate) budget: Arc<Semaphore>,
     control: Mutex<ControlQueue>,
-    control_ready: Notify,
+    /// Wakes the writer: a control or stream message was queued.
+    writer_wake: Notify,
+    /// When our last ping without its pong was written (µs since `epoch`), 0 if none.
+    ping_in_flight: AtomicU64,
+    /// Receive windows above `stream_window`, over all streams (tether/2).
+    pub(crate) window_budget: WindowBudget,
     cancel: CancellationToken,
     close_reason: Mutex<Option<String>>,
     /// We are draining: we open nothing new and refuse what the peer opens.
@@ -159,26 +178,41 @@ impl Shared {
         }
         q.messages.push_back(msg);
         drop(q);
-        self.control_ready.notify_one();
+        self.writer_wake.notify_one();
     }
 
     fn push_ping(&self) {
         lock(&self.control).ping = true;
-        self.control_ready.notify_one();
+        self.writer_wake.notify_one();
+    }
+
+    /// Sends a ping to measure the round trip, unless one is already on its way (a lost
+    /// pong stops blocking new probes after the dead-peer deadline's ping interval).
+    pub(crate) fn probe_rtt(&self) {
+        let sent = self.ping_in_flight.load(Ordering::Relaxed);
+        let stale = self.config.ping_interval.as_micros() as u64;
+        if sent == 0 || self.now_micros().saturating_sub(sent) > stale {
+            self.push_ping();
+        }
     }
 
     fn push_pong(&self, payload: Bytes) {
         lock(&self.control).pong = Some(payload);
-        self.control_ready.notify_one();
+        self.writer_wake.notify_one();
     }
 
     /// Queues a stream message behind everything that stream sent before. Never blocks;
     /// fails only when the session is gone.
-    pub(crate) fn send_ordered(&self, msg: Message, budgeted: bool) -> bool {
-        self.data_tx.send(Outbound { msg, budgeted }).is_ok()
+    pub(crate) fn send_ordered(&self, id: ConnectId, msg: Message, budgeted: bool) -> bool {
+        if !self.sched.push(id, msg, budgeted) {
+            return false;
+        }
+        self.writer_wake.notify_one();
+        true
     }
 
     pub(crate) fn remove_stream(&self, id: ConnectId) {
+        self.sched.forget(id);
         let mut streams = lock(&self.streams);
         if streams.remove(&id).is_some() && streams.is_empty() {
             drop(streams);
@@ -197,6 +231,22 @@ impl Shared {
     fn set_peer_going_away(&self) {
         if !self.peer_going_away.swap(true, Ordering::Relaxed) {
             self.draining_changed.notify_waiters();
+        }
+    }
+
+    /// The round trips measured so far, once there is one.
+    pub(crate) fn path_rtt(&self) -> Option<PathRtt> {
+        Some(PathRtt {
+            min: self.stats.min_rtt()?,
+            latest: self.stats.rtt()?,
+        })
+    }
+
+    /// What a stream's receive window is tuned within.
+    pub(crate) fn window_limits(&self) -> Limits {
+        Limits {
+            initial: u64::from(self.config.stream_window),
+            max: u64::from(self.config.max_stream_window),
         }
     }
 
@@ -247,7 +297,7 @@ impl Shared {
             Dialect::Tether2 => u64::from(self.peer_window),
             Dialect::KubeEdge => u64::MAX,
         };
-        let shared = StreamShared::new(id, kind, credit);
+        let shared = StreamShared::new(id, kind, credit, u64::from(self.config.stream_window));
         let mut streams = lock(&self.streams);
         // Checked under the lock that `fail_all` drains under: a stream is either refused
         // here or failed there, never left behind in a dead session.
@@ -310,7 +360,6 @@ impl Incoming {
 pub struct SessionDriver {
     io: Box<dyn Io>,
     shared: Arc<Shared>,
-    data_rx: mpsc::UnboundedReceiver<Outbound>,
     incoming_tx: mpsc::Sender<Box<IncomingStream>>,
     leftover: Bytes,
 }
@@ -323,6 +372,19 @@ impl fmt::Debug for SessionDriver {
     }
 }
 
+/// Sets the options a tunnel socket needs on either end: no Nagle delay (frames are batched
+/// already), and a small kernel queue of unsent bytes (see [`SessionConfig::unsent_limit`]).
+pub fn tune_socket(tcp: &tokio::net::TcpStream, config: &SessionConfig) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if config.unsent_limit > 0 {
+        socket2::SockRef::from(tcp).set_tcp_notsent_lowat(config.unsent_limit)?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = config;
+    Ok(())
+}
+
 /// What a session runs over: any byte stream (in production TLS after an HTTP upgrade).
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -330,11 +392,11 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 impl Session {
     /// Builds a session over an upgraded websocket connection.
     pub fn establish<T: Io>(io: T, params: SessionParams) -> (Session, Incoming, SessionDriver) {
-        let (data_tx, data_rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(params.config.write_queue));
         // Every stream waiting to be accepted is also registered, so `max_streams` bounds
         // this queue; a burst of connects never overflows it.
         let (incoming_tx, rx) = mpsc::channel(params.config.max_streams);
+        let window_budget = params.config.session_window_budget;
         let shared = Arc::new(Shared {
             role: params.role,
             dialect: params.dialect,
@@ -343,10 +405,12 @@ impl Session {
             peer_window: params.peer_window,
             streams: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            data_tx,
+            sched: Scheduler::default(),
             budget,
             control: Mutex::new(ControlQueue::default()),
-            control_ready: Notify::new(),
+            writer_wake: Notify::new(),
+            ping_in_flight: AtomicU64::new(0),
+            window_budget: WindowBudget::new(window_budget),
             cancel: CancellationToken::new(),
             close_reason: Mutex::new(None),
             draining: AtomicBool::new(false),
@@ -362,7 +426,6 @@ impl Session {
         let driver = SessionDriver {
             io: Box::new(io),
             shared: shared.clone(),
-            data_rx,
             incoming_tx,
             leftover: params.leftover,
         };
@@ -475,15 +538,14 @@ impl Session {
         if self.shared.set_draining() {
             return;
         }
-        if self.shared.dialect == Dialect::Tether2 {
-            self.shared.send_ordered(
-                Message::new(
-                    ConnectId(0),
-                    MessageType::GoAway,
-                    Bytes::copy_from_slice(reason.as_bytes()),
-                ),
-                false,
-            );
+        if self.shared.dialect == Dialect::Tether2
+            && self.shared.sched.push_go_away(Message::new(
+                ConnectId(0),
+                MessageType::GoAway,
+                Bytes::copy_from_slice(reason.as_bytes()),
+            ))
+        {
+            self.shared.writer_wake.notify_one();
         }
     }
 
@@ -504,7 +566,7 @@ impl Session {
         let stream_shared = shared.register_stream(id, kind)?;
         let stream = Stream::new(stream_shared, shared.clone());
         let msg = Message::new(id, kind.message_type(), request.to_json());
-        if !shared.send_ordered(msg, false) {
+        if !shared.send_ordered(id, msg, false) {
             return Err(Error::SessionClosed(shared.close_reason()));
         }
         debug!(node = %shared.node.name, connect_id = %id, %kind, "stream opened");
@@ -519,7 +581,6 @@ impl SessionDriver {
         let SessionDriver {
             io,
             shared,
-            mut data_rx,
             incoming_tx,
             leftover,
         } = self;
@@ -537,7 +598,7 @@ impl SessionDriver {
 
         let result = tokio::select! {
             r = read_loop(&shared, &mut reader, &incoming_tx) => r,
-            r = write_loop(&shared, &mut write_half, &mut data_rx, ws_role) => r,
+            r = write_loop(&mut write_half, &shared, ws_role) => r,
             r = watchdog(&shared) => r,
             () = shared.cancel.cancelled() => Ok(()),
         };
@@ -548,6 +609,7 @@ impl SessionDriver {
         shared.close(&reason);
         shared.heard_changed.notify_waiters();
         shared.budget.close();
+        shared.sched.close();
         shared.fail_all();
         drop(incoming_tx);
         // Best effort: end TLS properly so the peer sees a clean close rather than a reset.
@@ -582,9 +644,8 @@ async fn watchdog(shared: &Shared) -> Result<()> {
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
-    shared: &Shared,
     io: &mut W,
-    data_rx: &mut mpsc::UnboundedReceiver<Outbound>,
+    shared: &Shared,
     role: WsRole,
 ) -> Result<()> {
     let data_kind = match shared.dialect {
@@ -592,85 +653,77 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         Dialect::Tether2 => DataKind::Binary,
     };
     let opcode = ws::data_opcode(data_kind);
-    // Allocated when there is something to write and released when the queue runs dry, so
+    // Allocated when there is something to write and released when the queues run dry, so
     // an idle session holds no write buffer.
     let mut out = BytesMut::new();
     let period = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A first ping at once: the round trip is known before the first stream needs it
+    // (tether/2 receive windows are sized from it). The cloud's first ping is sent by its
+    // server once the session is routable (an edge takes it as the sign that it is), and
+    // stock peers see what they always saw.
+    if shared.dialect == Dialect::Tether2 && shared.role == Role::Edge {
+        shared.push_ping();
+    }
     loop {
         tokio::select! {
             biased;
-            () = shared.control_ready.notified() => {}
-            _ = ping.tick() => {
-                let stamp = shared.now_micros().to_be_bytes();
-                ws::encode_frame(&mut out, role, ws::PING, &[&stamp]);
-            }
-            out_msg = data_rx.recv() => match out_msg {
-                Some(o) => take(shared, &mut out, role, opcode, o),
-                None => return Ok(()),
-            },
+            () = shared.writer_wake.notified() => {}
+            _ = ping.tick() => shared.push_ping(),
         }
-        {
-            let mut q = lock(&shared.control);
-            if std::mem::take(&mut q.ping) {
-                let stamp = shared.now_micros().to_be_bytes();
-                ws::encode_frame(&mut out, role, ws::PING, &[&stamp]);
-            }
-            if let Some(pong) = q.pong.take() {
-                ws::encode_frame(&mut out, role, ws::PONG, &[&pong]);
-            }
-            while let Some(msg) = q.messages.pop_front() {
-                encode_message(&mut out, role, opcode, &msg);
-            }
-        }
-        while out.len() < WRITE_BATCH {
-            match data_rx.try_recv() {
-                Ok(o) => take(shared, &mut out, role, opcode, o),
-                Err(_) => break,
-            }
-        }
-        if out.is_empty() {
-            continue;
-        }
-        // The deadline is for progress, not for the whole batch: a slow uplink that keeps
-        // taking bytes is alive; one that takes none for `write_deadline` is not.
-        let mut written = 0;
-        while written < out.len() {
-            match tokio::time::timeout(shared.config.write_deadline, io.write(&out[written..]))
-                .await
+        // Batch by batch until every queue is empty; control messages go first in each.
+        loop {
             {
-                Ok(Ok(0)) => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
-                Ok(Ok(n)) => written += n,
-                Ok(Err(e)) => return Err(Error::Io(e)),
-                Err(_) => {
-                    return Err(Error::Timeout(
-                        "writing to the tunnel: the peer does not read",
-                    ));
+                let mut q = lock(&shared.control);
+                if std::mem::take(&mut q.ping) {
+                    let now = shared.now_micros().max(1);
+                    ws::encode_frame(&mut out, role, ws::PING, &[&now.to_be_bytes()]);
+                    shared.ping_in_flight.store(now, Ordering::Relaxed);
+                }
+                if let Some(pong) = q.pong.take() {
+                    ws::encode_frame(&mut out, role, ws::PONG, &[&pong]);
+                }
+                while let Some(msg) = q.messages.pop_front() {
+                    encode_message(&mut out, role, opcode, &msg);
                 }
             }
-        }
-        match tokio::time::timeout(shared.config.write_deadline, io.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(Error::Io(e)),
-            Err(_) => {
-                return Err(Error::Timeout(
-                    "writing to the tunnel: the peer does not read",
-                ));
+            while out.len() < WRITE_BATCH {
+                let Some(o) = shared.sched.pop() else { break };
+                encode_message(&mut out, role, opcode, &o.msg);
+                if o.budgeted {
+                    shared.budget.add_permits(1);
+                }
             }
-        }
-        if data_rx.is_empty() || out.capacity() > 2 * WRITE_BATCH {
-            out = BytesMut::new();
-        } else {
+            if out.is_empty() {
+                break;
+            }
+            write_all(io, shared, &out).await?;
             out.clear();
         }
+        // Every queue is empty: give the buffer back (see above).
+        out = BytesMut::new();
     }
 }
 
-fn take(shared: &Shared, out: &mut BytesMut, role: WsRole, opcode: OpCode, o: Outbound) {
-    encode_message(out, role, opcode, &o.msg);
-    if o.budgeted {
-        shared.budget.add_permits(1);
+/// Writes and flushes `buf`. The deadline is for progress, not for the whole buffer: a slow
+/// uplink that keeps taking bytes is alive; one that takes none for `write_deadline` is not.
+async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, shared: &Shared, buf: &[u8]) -> Result<()> {
+    let deadline = shared.config.write_deadline;
+    let stuck = || Error::Timeout("writing to the tunnel: the peer does not read");
+    let mut written = 0;
+    while written < buf.len() {
+        match tokio::time::timeout(deadline, io.write(&buf[written..])).await {
+            Ok(Ok(0)) => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => written += n,
+            Ok(Err(e)) => return Err(Error::Io(e)),
+            Err(_) => return Err(stuck()),
+        }
+    }
+    match tokio::time::timeout(deadline, io.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Io(e)),
+        Err(_) => Err(stuck()),
     }
 }
 
@@ -711,8 +764,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
             WsEvent::Pong(payload) => {
                 if let Ok(stamp) = <[u8; 8]>::try_from(&payload[..]) {
                     let sent = u64::from_be_bytes(stamp);
-                    let rtt = shared.now_micros().saturating_sub(sent).max(1);
-                    shared.stats.rtt_micros.store(rtt, Ordering::Relaxed);
+                    // Only the answer to our latest ping counts (RFC 6455 lets a peer answer
+                    // the latest of several pings only), and only a stamp we could have sent.
+                    if sent != 0
+                        && shared
+                            .ping_in_flight
+                            .compare_exchange(sent, 0, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        let rtt = shared.now_micros().saturating_sub(sent).max(1);
+                        shared.stats.record_rtt(rtt);
+                    }
                 }
             }
             WsEvent::Close => {

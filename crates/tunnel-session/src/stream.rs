@@ -22,6 +22,7 @@ use tokio_util::sync::PollSemaphore;
 use crate::dialect::{Dialect, Role};
 use crate::error::{Error, Result};
 use crate::session::Shared;
+use crate::window::{Consumed, ReceiveWindow};
 
 /// The kind of kubelet request a stream carries, as KubeEdge's connect message types name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,7 +113,6 @@ pub(crate) struct StreamShared {
     closed: Notify,
 }
 
-#[derive(Default)]
 struct State {
     recv: VecDeque<Bytes>,
     buffered: usize,
@@ -123,8 +123,8 @@ struct State {
     write_waker: Option<Waker>,
     /// Set when the peer will not take more data (reset, REMOVE, session gone).
     send_end: Option<End>,
-    /// Bytes consumed by the reader and not yet granted back to the peer.
-    ungranted: u64,
+    /// What the peer may send us (tether/2).
+    rwin: ReceiveWindow,
     open_result: Option<OpenResult>,
     open_waker: Option<Waker>,
     fin_sent: bool,
@@ -136,13 +136,33 @@ struct State {
 }
 
 impl StreamShared {
-    pub(crate) fn new(id: ConnectId, kind: ConnectKind, credit: u64) -> Arc<StreamShared> {
+    /// A stream that may send `credit` bytes and receive `window` bytes before the first
+    /// WINDOW message.
+    pub(crate) fn new(
+        id: ConnectId,
+        kind: ConnectKind,
+        credit: u64,
+        window: u64,
+    ) -> Arc<StreamShared> {
         Arc::new(StreamShared {
             id,
             kind,
             state: Mutex::new(State {
+                recv: VecDeque::new(),
+                buffered: 0,
+                recv_end: None,
+                read_waker: None,
                 credit,
-                ..State::default()
+                write_waker: None,
+                send_end: None,
+                rwin: ReceiveWindow::new(window),
+                open_result: None,
+                open_waker: None,
+                fin_sent: false,
+                remove_sent: false,
+                remove_received: false,
+                reset_sent: false,
+                detached: false,
             }),
             space: Notify::new(),
             closed: Notify::new(),
@@ -166,12 +186,14 @@ impl StreamShared {
         if data.is_empty() {
             return Push::Accepted;
         }
-        let fits = st.buffered + data.len() <= bound;
         match dialect {
-            Dialect::Tether2 if !fits => return Push::OverWindow,
+            // The peer may send what it was granted, however the window was tuned since.
+            Dialect::Tether2 if !st.rwin.receive(data.len()) => return Push::OverWindow,
             // A message larger than the whole bound is let into an empty buffer, or it
             // could never be delivered.
-            Dialect::KubeEdge if !fits && st.buffered > 0 => return Push::Full,
+            Dialect::KubeEdge if st.buffered > 0 && st.buffered + data.len() > bound => {
+                return Push::Full;
+            }
             _ => {}
         }
         st.buffered += data.len();
@@ -399,7 +421,7 @@ impl Stream {
         match self.session.dialect {
             Dialect::Tether2 => {
                 let msg = Message::new(self.id(), MessageType::OpenResult, result.to_json());
-                if self.session.send_ordered(msg, false) {
+                if self.session.send_ordered(self.shared.id, msg, false) {
                     Ok(())
                 } else {
                     Err(Error::SessionClosed(self.session.close_reason()))
@@ -439,7 +461,7 @@ impl Stream {
                 reset.encode(&mut data);
                 // In stream order: a reset after our FIN must not overtake our data.
                 self.session
-                    .send_ordered(Message::new(id, MessageType::Reset, data), false);
+                    .send_ordered(id, Message::new(id, MessageType::Reset, data), false);
             }
             Dialect::KubeEdge => {
                 if st.remove_sent || (st.remove_received && self.session.role == Role::Cloud) {
@@ -448,6 +470,7 @@ impl Stream {
                 st.remove_sent = true;
                 drop(st);
                 self.session.send_ordered(
+                    id,
                     Message::new(id, MessageType::RemoveConnect, Bytes::new()),
                     false,
                 );
@@ -495,23 +518,30 @@ impl AsyncRead for Stream {
             copied += n;
         }
         st.buffered -= copied;
-        let grant = match this.session.dialect {
+        let consumed = match this.session.dialect {
             Dialect::Tether2 => {
-                st.ungranted += copied as u64;
-                // Grant credit back in batches of a quarter window: few WINDOW messages, and
-                // the sender never runs dry while the reader keeps up.
-                let threshold = u64::from(this.session.config.stream_window / 4).max(1);
-                (st.ungranted >= threshold && st.recv_end.is_none())
-                    .then(|| std::mem::take(&mut st.ungranted))
+                let open = st.recv_end.is_none();
+                let session = &this.session;
+                st.rwin.consume(
+                    copied,
+                    tokio::time::Instant::now(),
+                    session.path_rtt(),
+                    session.window_limits(),
+                    &session.window_budget,
+                    open,
+                )
             }
-            Dialect::KubeEdge => None,
+            Dialect::KubeEdge => Consumed::default(),
         };
         drop(st);
-        if let Some(increment) = grant {
+        if let Some(increment) = consumed.grant {
             let mut data = Vec::with_capacity(10);
             stream_proto::encode_window(increment, &mut data);
             this.session
                 .push_control(Message::new(this.shared.id, MessageType::Window, data));
+        }
+        if consumed.probe_rtt {
+            this.session.probe_rtt();
         }
         this.shared.space.notify_waiters();
         Poll::Ready(Ok(()))
@@ -545,6 +575,9 @@ impl AsyncWrite for Stream {
                 return Poll::Pending;
             }
         }
+        // One DATA message of this stream queued at a time: a bulk copy waits in the socket
+        // it reads from, not in our memory ahead of other streams (see `sched`).
+        ready!(this.session.sched.poll_data_slot(this.shared.id, cx));
         let Some(permit) = ready!(this.permits.poll_acquire(cx)) else {
             return Poll::Ready(Err(this.session_gone()));
         };
@@ -569,7 +602,7 @@ impl AsyncWrite for Stream {
         );
         // The writer returns the permit when it takes the message.
         permit.forget();
-        if !this.session.send_ordered(msg, true) {
+        if !this.session.send_ordered(this.shared.id, msg, true) {
             return Poll::Ready(Err(this.session_gone()));
         }
         this.session.stats.add_sent(n);
@@ -608,7 +641,7 @@ impl AsyncWrite for Stream {
                 Message::new(id, MessageType::RemoveConnect, Bytes::new())
             }
         };
-        if !this.session.send_ordered(msg, false) {
+        if !this.session.send_ordered(id, msg, false) {
             return Poll::Ready(Err(this.session_gone()));
         }
         {
@@ -630,6 +663,8 @@ impl Drop for Stream {
             st.detached = true;
             st.recv.clear();
             st.buffered = 0;
+            let initial = u64::from(self.session.config.stream_window);
+            st.rwin.release(&self.session.window_budget, initial);
             let both_done = st.fin_sent && matches!(st.recv_end, Some(End::Clean));
             let peer_gone = matches!(st.send_end, Some(End::Failed(_))) && !st.remove_received;
             let remove_owed = st.remove_received
@@ -642,6 +677,7 @@ impl Drop for Stream {
             // Echo the cloud's REMOVE_CONNECT once, after local teardown (stock edgecore does).
             self.shared.mark_remove_sent();
             self.session.send_ordered(
+                self.shared.id,
                 Message::new(self.shared.id, MessageType::RemoveConnect, Bytes::new()),
                 false,
             );
