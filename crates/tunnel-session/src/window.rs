@@ -11,9 +11,9 @@
 //!   which the peer used at least half of it, until the rate stops growing by a quarter or
 //!   the path shows a queue (the latest ping round trip well above the shortest): the
 //!   window, not the link, was the limit until then (the way BBR finds a full pipe);
-//! - after that it is 1.2 × rate × (shortest round trip + slack): the bandwidth-delay
+//! - after that it is 1.15 × rate × (shortest round trip + slack): the bandwidth-delay
 //!   product with a little headroom, so the link stays full and the queue in front of it
-//!   stays a few milliseconds long, and a window-limited stream still grows 1.2× per round
+//!   stays a few milliseconds long, and a window-limited stream still grows 1.15× per round
 //!   trip. A stream whose reader idles or slows gets a small window back the same way.
 //!
 //! Bounds hold whatever the peer does: the peer may send only what was granted (more is a
@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 /// Headroom over the bandwidth-delay product, in percent: enough that grant steps and rate
 /// jitter do not leave the link idle, little enough that the queue stays short.
-const GAIN_PERCENT: u64 = 120;
+const GAIN_PERCENT: u64 = 115;
 /// Added to the round trip for the scheduling and processing delays of the two ends, which a
 /// ping does not see but a window turnaround does (on loopback they are the whole round trip).
 pub(crate) const SLACK: Duration = Duration::from_millis(2);
@@ -80,6 +80,10 @@ pub(crate) struct ReceiveWindow {
     next_rate: usize,
     /// Doubling while the rate keeps growing (see the module docs).
     startup: bool,
+    /// Epochs in a row in which the rate did not grow by a quarter.
+    flat_epochs: u8,
+    /// The window during the previous epoch.
+    previous_window: u64,
 }
 
 impl ReceiveWindow {
@@ -95,6 +99,8 @@ impl ReceiveWindow {
             rates: [0; RATE_SAMPLES],
             next_rate: 0,
             startup: true,
+            flat_epochs: 0,
+            previous_window: initial,
         }
     }
 
@@ -116,7 +122,7 @@ impl ReceiveWindow {
 
     /// The reader consumed `n` bytes at `now`. Retunes the window once an epoch is over and
     /// says how much credit to grant, if any: the peer gets its window back in steps of an
-    /// eighth, so grants are few and the sender rarely runs dry. `budget` is the session's
+    /// sixteenth, so grants are few and the sender rarely runs dry. `budget` is the session's
     /// allowance for windows above the initial one; `open` is false once the peer has
     /// finished sending (nothing more to grant).
     pub(crate) fn consume(
@@ -133,7 +139,7 @@ impl ReceiveWindow {
         // Credit the peer holds plus bytes waiting to be read: what it may make us buffer.
         let exposed = self.allowed.saturating_sub(self.consumed);
         let room = self.window.saturating_sub(exposed);
-        let grant = (open && room > 0 && room >= (self.window / 8).max(1)).then(|| {
+        let grant = (open && room > 0 && room >= (self.window / 16).max(1)).then(|| {
             self.allowed += room;
             room
         });
@@ -172,25 +178,54 @@ impl ReceiveWindow {
         let bdp = (u128::from(best) * u128::from(turnaround_us) / 1_000_000) as u64;
         let queued = path.latest > path.min + (path.min / 8).max(SLACK);
         let used = (u128::from(rate) * u128::from(turnaround_us) / 1_000_000) as u64;
-        let window_limited = used >= self.window / 2;
+        // A new window shows in what arrives a round trip later, so an epoch is judged
+        // against the smaller of the windows of the last two epochs.
+        let in_effect = self.window.min(self.previous_window);
+        self.previous_window = self.window;
+        let window_limited = used >= in_effect / 2;
         let growing = rate >= before.saturating_add(before / 4);
-        if queued || (window_limited && !growing) {
+        // One flat epoch may be noise or the lag above; two mean the pipe is full (or the
+        // sender has no more to give): time to size the window from the rate.
+        self.flat_epochs = if !growing {
+            self.flat_epochs.saturating_add(1)
+        } else {
+            0
+        };
+        if queued || self.flat_epochs >= 2 {
             self.startup = false;
         }
-        let wanted = if self.startup && window_limited {
-            self.window.saturating_mul(2)
-        } else {
-            bdp.saturating_mul(GAIN_PERCENT) / 100
-        };
-        if used < self.window / 8 {
-            // Idle or held back by the reader: the next burst finds its rate quickly again.
+        let steady = bdp.saturating_mul(GAIN_PERCENT) / 100;
+        let wanted = if used < in_effect / 8 {
+            // Idle or held back by the reader: a small window now, and the next burst finds
+            // its rate quickly again.
             self.startup = true;
-        }
+            steady
+        } else if self.startup {
+            // Never shrink while starting: the epoch may still show the old window.
+            if window_limited {
+                self.window.saturating_mul(2)
+            } else {
+                self.window
+            }
+        } else {
+            steady
+        };
         let wanted = wanted.clamp(
             MIN_WINDOW.min(limits.initial),
             limits.max.max(limits.initial),
         );
+        let before_window = self.window;
         self.window = budget.resize(self.window, wanted, limits.initial);
+        tracing::debug!(
+            rate,
+            min_rtt_us = path.min.as_micros() as u64,
+            rtt_us = path.latest.as_micros() as u64,
+            queued,
+            startup = self.startup,
+            from = before_window,
+            window = self.window,
+            "receive window tuned"
+        );
         true
     }
 
