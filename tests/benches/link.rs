@@ -4,7 +4,7 @@
 //! cargo build --release -p cloudstream -p edgestream && cargo bench -p tether-e2e --bench link
 //! ```
 //!
-//! For each link (`TETHER_BENCH_LINKS`, default `100Mbit/200ms,20Mbit/100ms`):
+//! For each link (`TETHER_BENCH_LINKS`, default `100Mbit/200ms,20Mbit/100ms,2Mbit/300ms`):
 //!
 //! - **tunnel**: client → cloudstream → tunnel → *link* → edgestream → test kubelet: the link
 //!   sits between the edge and the cloud, where the internet is (the download direction,
@@ -15,15 +15,22 @@
 //! Measured: one exec download (`yes-bytes`, `TETHER_BENCH_LINK_SECONDS` × the link rate,
 //! default 10 s), then 64-byte exec echoes (`cat`) on an idle link and while a download
 //! saturates the same node's link (`TETHER_BENCH_ECHOES`, default 200), then the memory of
-//! both processes. Numbers are printed, never asserted.
+//! both processes. On the 2 Mbit/s link (and any link named in `TETHER_BENCH_LOG_LINKS`,
+//! default `2Mbit/300ms`): `kubectl logs` of a realistic container log
+//! (`TETHER_BENCH_LOG_MB`, default 5) and a `/metrics/cadvisor` scrape, direct, and through
+//! the tunnel with body compression (`--compress-bodies auto`, the default) and without
+//! (`off`). Numbers are printed, never asserted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use linkem::{Link, Preset};
-use test_support::client::{BoxIo, Event, exec_ws};
+use test_support::client::{BoxIo, Event, exec_ws, http_get};
+use test_support::content::realistic_log;
 use test_support::kubelet::{ContainerSpec, TestKubelet};
 use tether_e2e::{Cloud, Edge, World};
 use tokio::net::TcpStream;
@@ -142,7 +149,17 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn start(preset: Preset) -> Result<Setup> {
+/// A plain GET of `path`; the body's length and how long it took.
+async fn fetch(s: &Setup, via: Via, path: &str) -> Result<(usize, Duration)> {
+    let started = Instant::now();
+    let (io, host) = s.connect(via).await?;
+    let resp = http_get(io, host, path, &[]).await?;
+    ensure!(resp.status().is_success(), "status {}", resp.status());
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((body.len(), started.elapsed()))
+}
+
+async fn start(preset: Preset, cloud_args: &[&str], log: &Bytes) -> Result<Setup> {
     let world = World::new()?;
     let kubelet = TestKubelet::builder()
         .container(
@@ -151,9 +168,15 @@ async fn start(preset: Preset) -> Result<Setup> {
             "app",
             ContainerSpec::with_logs(&b"hello\n"[..]),
         )
+        .container(
+            "default",
+            "big",
+            "app",
+            ContainerSpec::with_logs(log.clone()),
+        )
         .start()
         .await?;
-    let cloud = Cloud::start(&world, &[]).await?;
+    let cloud = Cloud::start(&world, cloud_args).await?;
     let tunnel_link = Link::start(cloud.tunnel, preset.into())?;
     let direct_link = Link::start(kubelet.addr(), preset.into())?;
     let mut edge = Edge::spawn(
@@ -185,10 +208,13 @@ fn main() -> Result<()> {
 
 async fn run() -> Result<()> {
     tunnel_session::tls::install_default_provider();
-    let links =
-        std::env::var("TETHER_BENCH_LINKS").unwrap_or_else(|_| "100Mbit/200ms,20Mbit/100ms".into());
+    let links = std::env::var("TETHER_BENCH_LINKS")
+        .unwrap_or_else(|_| "100Mbit/200ms,20Mbit/100ms,2Mbit/300ms".into());
     let seconds = env_num("TETHER_BENCH_LINK_SECONDS", 10);
     let rounds = env_num("TETHER_BENCH_ECHOES", 200) as usize;
+    let log_links =
+        std::env::var("TETHER_BENCH_LOG_LINKS").unwrap_or_else(|_| "2Mbit/300ms".into());
+    let log = realistic_log(env_num("TETHER_BENCH_LOG_MB", 5) as usize * 1_000_000);
     println!("tether over emulated links (linkem, 64 KiB router queue); MB = 10^6 bytes");
     for name in links.split(',') {
         let preset = Preset::ALL
@@ -197,7 +223,7 @@ async fn run() -> Result<()> {
             .with_context(|| format!("unknown link {name}"))?;
         let rate = preset.config().up.rate;
         let n = rate * seconds;
-        let s = start(preset).await?;
+        let s = start(preset, &[], &log).await?;
         println!(
             "\n## {} (link rate {:.2} MB/s)",
             preset.name(),
@@ -268,6 +294,37 @@ async fn run() -> Result<()> {
         if std::env::var_os("TETHER_BENCH_TRACE").is_some() {
             let _ = std::fs::copy(&s.cloud.process.log, "/tmp/link-cloudstream.log");
             let _ = std::fs::copy(&s.edge.process.log, "/tmp/link-edgestream.log");
+        }
+        if log_links.split(',').any(|l| l.trim() == preset.name()) {
+            let plain = start(preset, &["--compress-bodies", "off"], &log).await?;
+            let path = "/containerLogs/default/big/app";
+            let (n, direct) = fetch(&s, Via::Direct, path).await?;
+            let (_, off) = fetch(&plain, Via::Tunnel, path).await?;
+            let before = s.tunnel_link.stats().up.forwarded;
+            let (m, on) = fetch(&s, Via::Tunnel, path).await?;
+            let carried = s.tunnel_link.stats().up.forwarded - before;
+            ensure!(n == log.len() && m == log.len(), "log length {n} / {m}");
+            println!(
+                "| `kubectl logs` of a {:.1} MB realistic log | {} | {} uncompressed, {} compressed: {:.1}× faster ({:.2} MB crossed the link) |",
+                n as f64 / MB,
+                ms(direct),
+                ms(off),
+                ms(on),
+                off.as_secs_f64() / on.as_secs_f64(),
+                carried as f64 / MB
+            );
+            let path = "/metrics/cadvisor";
+            let (n, direct) = fetch(&s, Via::Direct, path).await?;
+            let (_, off) = fetch(&plain, Via::Tunnel, path).await?;
+            let (_, on) = fetch(&s, Via::Tunnel, path).await?;
+            println!(
+                "| `/metrics/cadvisor` scrape (the test kubelet's, {n} bytes) | {} | {} uncompressed, {} compressed |",
+                ms(direct),
+                ms(off),
+                ms(on)
+            );
+            plain.tunnel_link.shutdown().await;
+            plain.direct_link.shutdown().await;
         }
         let stats = s.tunnel_link.stats();
         eprintln!("tunnel link stats: {stats:?}");

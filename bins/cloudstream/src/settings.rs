@@ -257,6 +257,14 @@ tether_cli::settings! {
         yaml: duration,
         default: StreamServerConfig::default().drain_grace,
     }
+    /// Compressed logs/stats/metrics bodies from tether/2 edges: `auto` (links whose
+    /// shortest round trip is 10 ms or more), `on` or `off`. Default: auto.
+    stream_compress_bodies: String {
+        key: "streamServer.compressBodies",
+        flag: ("compress-bodies", env = "CLOUDSTREAM_COMPRESS_BODIES", value_name = "off|auto|on"),
+        default: "auto".to_owned(),
+        check: check_compression,
+    }
 
     // `kubeAPIConfig:` in both formats, as cloudcore reads it (its other keys, such as
     // `contentType`, are cloudcore's business).
@@ -476,6 +484,9 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
             response_timeout: v.stream_response_timeout.value,
             max_connections: v.stream_max_connections.value,
             drain_grace: v.stream_drain_grace.value,
+            // Checked above; `auto` is what an unreadable value would mean anyway.
+            compression: v.stream_compress_bodies.value.parse().unwrap_or_default(),
+            max_decoders: StreamServerConfig::default().max_decoders,
         },
         kube_api: KubeApiSettings {
             kubeconfig: v.kubeconfig.value.clone(),
@@ -488,6 +499,11 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
         cloud_stream,
         warnings,
     })
+}
+
+/// `streamServer.compressBodies`: one of `off`, `auto`, `on`.
+fn check_compression(value: &str) -> Result<(), String> {
+    value.parse::<stream_server::BodyCompression>().map(|_| ())
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ fn main() -> Result<()> {
     edge.operations = settings.operations;
     edge.backoff = settings.backoff;
     edge.drain_grace = settings.drain_grace;
+    edge.compress_bodies = settings.compress_bodies;
     edge.validate()?;
     info!(
         node = %es.node_name,

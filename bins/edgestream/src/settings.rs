@@ -255,6 +255,15 @@ tether_cli::settings! {
         default: session::DEFAULT_MAX_DATA_CHUNK,
         check: check::data_chunk,
     }
+    /// Compress logs/stats/metrics bodies when the cloud offers to decode them (tether/2).
+    /// Default: true.
+    compress_bodies: bool {
+        key: "session.compressBodies",
+        flag: ("compress-bodies", env = "EDGESTREAM_COMPRESS_BODIES", num_args = 0..=1,
+               require_equals = true, default_missing_value = "true", value_name = "BOOL",
+               value_parser = clap::builder::BoolishValueParser::new()),
+        default: true,
+    }
     /// Largest receive window one stream grows to on a long, fast link (tether/2), bytes; at
     /// least `streamWindow`, which it equals to keep windows fixed. Default: 16 MiB.
     max_stream_window: u32 {
@@ -424,6 +433,8 @@ pub struct Settings {
     pub kubeedge_only: bool,
     /// Time in-flight streams get on shutdown.
     pub drain_grace: Duration,
+    /// Compress plain bodies when the cloud offers to decode them.
+    pub compress_bodies: bool,
     /// Log format and filter.
     pub log: LogSettings,
     /// Things to log once logging is up (e.g. edgecore's own module is enabled too).
@@ -627,6 +638,7 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
         insecure_skip_verify: v.insecure_skip_verify.value,
         kubeedge_only: v.kubeedge_only.value,
         drain_grace: v.drain_grace.value,
+        compress_bodies: v.compress_bodies.value,
         log: LogSettings::new(v.log_format.value, &v.log_level),
         edge_stream,
         warnings,

@@ -43,7 +43,14 @@ pub struct EdgeConfig {
     pub backoff: Backoff,
     /// On shutdown, how long in-flight streams may run before they are cut.
     pub drain_grace: Duration,
+    /// Compress plain response bodies (logs, stats, metrics) when the cloud offers to decode
+    /// them (tether/2 only; see the `stream-compress` crate).
+    pub compress_bodies: bool,
 }
+
+/// Compressed bodies encoded at once (each encoder holds about 0.7 MiB); beyond it, bodies
+/// travel uncompressed.
+pub const MAX_ENCODERS: usize = 16;
 
 impl EdgeConfig {
     /// A configuration dialling as `dial` says, with every other setting at its default.
@@ -54,6 +61,7 @@ impl EdgeConfig {
             operations: Operations::default(),
             backoff: Backoff::default(),
             drain_grace: DEFAULT_DRAIN_GRACE,
+            compress_bodies: true,
         }
     }
 

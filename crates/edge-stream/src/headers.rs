@@ -96,6 +96,8 @@ pub(crate) fn plain_request_headers(
             || lower == "content-length"
             || listed.contains(&lower)
             || (identity_only && lower == "accept-encoding")
+            // Ours, between cloud and edge; the kubelet never sees it.
+            || lower.eq_ignore_ascii_case(stream_compress::ACCEPT_HEADER)
         {
             continue;
         }

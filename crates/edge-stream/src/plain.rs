@@ -38,8 +38,18 @@ pub(crate) async fn serve(
     target: &str,
     mut stream: Stream,
     tally: &mut Tally,
+    encoders: Option<&std::sync::Arc<tokio::sync::Semaphore>>,
 ) -> Result<Finish, Error> {
     let dialect = stream.dialect();
+    // The cloud offers to decode a compressed body (tether/2 only; stripped before the
+    // kubelet sees it).
+    let offered = dialect == Dialect::Tether2
+        && request.header.as_ref().is_some_and(|h| {
+            h.iter().any(|(k, vs)| {
+                k.eq_ignore_ascii_case(stream_compress::ACCEPT_HEADER)
+                    && vs.iter().any(|v| v == stream_compress::ENCODING)
+            })
+        });
     let uri = match Uri::try_from(target) {
         Ok(uri) => uri,
         Err(e) => {
@@ -120,12 +130,32 @@ pub(crate) async fn serve(
     let (parts, mut body) = response.into_parts();
     let status = parts.status.as_u16();
     tally.status = Some(status);
+    // Compress when offered, when the kubelet's body is not encoded already, and when an
+    // encoder is free (each holds memory); the permit lives as long as the encoder.
+    let identity = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let mut encoder = match encoders.filter(|_| offered && identity) {
+        Some(slots) => match slots.clone().try_acquire_owned() {
+            Ok(permit) => stream_compress::Encoder::new()
+                .ok()
+                .map(|encoder| (encoder, permit)),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let mut headers = response_headers(&parts.headers);
+    if encoder.is_some() {
+        headers.insert(
+            stream_compress::ENCODING_HEADER.to_owned(),
+            vec![stream_compress::ENCODING.to_owned()],
+        );
+    }
     stream
-        .send_open_result(OpenResult::Response {
-            status,
-            headers: response_headers(&parts.headers),
-        })
+        .send_open_result(OpenResult::Response { status, headers })
         .await?;
+    let mut encoded = Vec::new();
 
     let mut conn_done = false;
     loop {
@@ -155,7 +185,19 @@ pub(crate) async fn serve(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if let Err(e) = stream.write_all(&data).await {
+        let wire: &[u8] = match encoder.as_mut() {
+            Some((encoder, _)) => {
+                encoded.clear();
+                if let Err(e) = encoder.encode(&data, &mut encoded) {
+                    // zstd failed on our side: cut the body so the client sees it incomplete.
+                    stream.reset(ResetCode::Internal, &format!("compressing the body: {e}"));
+                    return Ok(Finish::CloudClosed);
+                }
+                &encoded
+            }
+            None => &data,
+        };
+        if let Err(e) = stream.write_all(wire).await {
             debug!(error = %e, "the cloud stopped taking the response body");
             return Ok(Finish::CloudClosed);
         }

@@ -57,14 +57,23 @@ pub(crate) struct Connector {
     node: String,
     kubelet: Kubelet,
     operations: Operations,
+    /// Permits to compress a body, if compression is on.
+    encoders: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Connector {
-    pub(crate) fn new(node: String, kubelet: Kubelet, operations: Operations) -> Connector {
+    pub(crate) fn new(
+        node: String,
+        kubelet: Kubelet,
+        operations: Operations,
+        compress_bodies: bool,
+    ) -> Connector {
         Connector {
             node,
             kubelet,
             operations,
+            encoders: compress_bodies
+                .then(|| Arc::new(tokio::sync::Semaphore::new(crate::config::MAX_ENCODERS))),
         }
     }
 
@@ -152,7 +161,8 @@ impl Connector {
                 upgrade::serve(&self.kubelet, request, &target, stream, tally).await
             }
             Operation::Logs | Operation::Metrics => {
-                plain::serve(&self.kubelet, request, &target, stream, tally).await
+                let encoders = self.encoders.as_ref();
+                plain::serve(&self.kubelet, request, &target, stream, tally, encoders).await
             }
         }
     }

@@ -79,6 +79,7 @@ pub async fn run(
             config.dial.node.name.clone(),
             kubelet,
             config.operations,
+            config.compress_bodies,
         )),
         delay: ReconnectDelay::new(config.backoff),
         dial: config.dial,

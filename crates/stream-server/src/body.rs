@@ -3,7 +3,8 @@
 //! Each poll reads whatever the stream has (up to a large buffer) and hands it to hyper as
 //! one frame, so a `follow=true` log line goes out as soon as it arrives and bulk bodies move
 //! in big pieces. A stream error (reset, tunnel lost) fails the body, so the client sees a
-//! truncated response rather than a clean end.
+//! truncated response rather than a clean end. A body the edge compressed
+//! (`stream-compress`) is decoded on the way.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +31,8 @@ pub(crate) struct TunnelBody {
     remaining: Option<u64>,
     /// Counts what passes and reports the stream's end when the body is dropped.
     record: Arc<StreamRecord>,
+    /// Decodes a compressed body; the permit counts it among the decoders held at once.
+    decoder: Option<(stream_compress::Decoder, tokio::sync::OwnedSemaphorePermit)>,
 }
 
 impl TunnelBody {
@@ -45,7 +48,17 @@ impl TunnelBody {
             buf: BytesMut::new(),
             remaining: length,
             record,
+            decoder: None,
         }
+    }
+
+    /// Decodes the stream's bytes with `decoder` (the edge compressed the body).
+    pub(crate) fn decoding(
+        mut self,
+        decoder: Option<(stream_compress::Decoder, tokio::sync::OwnedSemaphorePermit)>,
+    ) -> TunnelBody {
+        self.decoder = decoder;
+        self
     }
 
     fn take_limited(&mut self, mut data: Bytes) -> Bytes {
@@ -79,34 +92,44 @@ impl Body for TunnelBody {
             let data = this.take_limited(prefix);
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let Some(stream) = this.stream.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if this.buf.capacity() < READ_CHUNK {
-            this.buf.reserve(READ_CHUNK);
-        }
-        match poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Err(e)) => {
-                this.stream = None;
-                this.record.mark_cut();
-                Poll::Ready(Some(Err(e)))
+        loop {
+            let Some(stream) = this.stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() < READ_CHUNK {
+                this.buf.reserve(READ_CHUNK);
             }
-            Poll::Ready(Ok(0)) => {
-                this.stream = None;
-                match this.remaining {
-                    Some(left) if left > 0 => Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("the kubelet's body ended {left} bytes early"),
-                    )))),
-                    _ => Poll::Ready(None),
+            let data = match poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.stream = None;
+                    this.record.mark_cut();
+                    return Poll::Ready(Some(Err(e)));
                 }
-            }
-            Poll::Ready(Ok(_)) => {
-                let data = this.buf.split().freeze();
-                let data = this.take_limited(data);
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
+                Poll::Ready(Ok(0)) => return Poll::Ready(this.end()),
+                Poll::Ready(Ok(_)) => this.buf.split().freeze(),
+            };
+            let data = match this.decoder.as_mut() {
+                None => data,
+                Some((decoder, _)) => {
+                    let mut out = Vec::new();
+                    if let Err(e) = decoder.decode(&data, &mut out) {
+                        this.stream = None;
+                        this.record.mark_cut();
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("the edge's compressed body: {e}"),
+                        ))));
+                    }
+                    if out.is_empty() {
+                        // Only part of a frame so far.
+                        continue;
+                    }
+                    Bytes::from(out)
+                }
+            };
+            let data = this.take_limited(data);
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
     }
 
@@ -118,6 +141,29 @@ impl Body for TunnelBody {
         match self.remaining {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
+        }
+    }
+}
+
+impl TunnelBody {
+    /// The stream ended: the body ends cleanly if everything expected arrived.
+    fn end(&mut self) -> Option<Result<Frame<Bytes>, io::Error>> {
+        self.stream = None;
+        if let Some((decoder, _)) = &self.decoder
+            && let Err(e) = decoder.finish()
+        {
+            self.record.mark_cut();
+            return Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                e.to_string(),
+            )));
+        }
+        match self.remaining {
+            Some(left) if left > 0 => Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the kubelet's body ended {left} bytes early"),
+            ))),
+            _ => None,
         }
     }
 }

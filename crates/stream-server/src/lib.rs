@@ -33,4 +33,4 @@ pub use error::{Error, Result};
 pub use observe::{NoRelayObserver, RelayObserver};
 pub use pods::{Placement, PodResolver};
 pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
-pub use server::{StreamServer, StreamServerConfig};
+pub use server::{BodyCompression, StreamServer, StreamServerConfig};

@@ -57,6 +57,9 @@ pub(crate) struct Relay {
     pub(crate) pods: Option<Arc<dyn PodResolver>>,
     pub(crate) observer: Arc<dyn RelayObserver>,
     pub(crate) response_timeout: Duration,
+    pub(crate) compression: crate::server::BodyCompression,
+    /// One permit per compressed body being decoded.
+    pub(crate) decoders: Arc<tokio::sync::Semaphore>,
     pub(crate) tracker: tokio_util::task::TaskTracker,
     /// Cancelled when the drain grace is over: upgraded bridges end then.
     pub(crate) cut: tokio_util::sync::CancellationToken,
@@ -90,7 +93,20 @@ impl Relay {
         };
         let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
         async move {
-            let request = connect_request(&req, op, session.dialect());
+            let mut request = connect_request(&req, op, session.dialect());
+            // Offer to decode a compressed body (the edge may decline); a permit bounds the
+            // decoders held at once.
+            let decoder = (!op.is_upgrade() && self.compresses(&session))
+                .then(|| self.decoders.clone().try_acquire_owned().ok())
+                .flatten();
+            if decoder.is_some()
+                && let Some(header) = request.header.as_mut()
+            {
+                header.insert(
+                    stream_compress::ACCEPT_HEADER.to_owned(),
+                    vec![stream_compress::ENCODING.to_owned()],
+                );
+            }
             let stream = match session.open(connect_kind(op), request).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -106,7 +122,7 @@ impl Relay {
             let (response, relayed) = if op.is_upgrade() {
                 self.upgrade(req, stream, op, started).await
             } else {
-                self.plain(req, stream, op, started).await
+                self.plain(req, stream, op, started, decoder).await
             };
             if !relayed {
                 self.observer
@@ -116,6 +132,20 @@ impl Relay {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether plain bodies from this session's node are to be compressed.
+    fn compresses(&self, session: &tunnel_session::Session) -> bool {
+        use crate::server::{AUTO_COMPRESSION_MIN_RTT, BodyCompression};
+        session.dialect() == Dialect::Tether2
+            && match self.compression {
+                BodyCompression::Off => false,
+                BodyCompression::On => true,
+                BodyCompression::Auto => session
+                    .stats()
+                    .min_rtt()
+                    .is_some_and(|rtt| rtt >= AUTO_COMPRESSION_MIN_RTT),
+            }
     }
 
     fn record(&self, op: Operation, started: Instant) -> Arc<StreamRecord> {
@@ -130,6 +160,7 @@ impl Relay {
         mut stream: Stream,
         op: Operation,
         started: Instant,
+        decoder: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> (Response<ResponseBody>, bool) {
         match stream.dialect() {
             Dialect::Tether2 => {
@@ -167,13 +198,34 @@ impl Relay {
                     Err(_) => return (gateway_timeout("sending the request body"), false),
                 };
                 match stream.open_result_within(self.response_timeout).await {
-                    Ok(Some(OpenResult::Response { status, headers })) => {
+                    Ok(Some(OpenResult::Response {
+                        status,
+                        mut headers,
+                    })) => {
                         let status =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let encoded = headers
+                            .remove(stream_compress::ENCODING_HEADER)
+                            .is_some_and(|v| v.iter().any(|v| v == stream_compress::ENCODING));
+                        let decode = match (encoded, decoder) {
+                            (false, _) => None,
+                            (true, Some(permit)) => match stream_compress::Decoder::new() {
+                                Ok(d) => Some((d, permit)),
+                                Err(e) => return (bad_gateway(&e.to_string()), false),
+                            },
+                            (true, None) => {
+                                return (
+                                    bad_gateway("the edge compressed a body it was not offered to"),
+                                    false,
+                                );
+                            }
+                        };
                         let record = self.record(op, started);
                         record.add_to_edge(sent);
                         let mut response = Response::new(
-                            TunnelBody::new(Bytes::new(), stream, None, record).boxed_unsync(),
+                            TunnelBody::new(Bytes::new(), stream, None, record)
+                                .decoding(decode)
+                                .boxed_unsync(),
                         );
                         *response.status_mut() = status;
                         copy_headers(

@@ -34,6 +34,39 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default time in-flight requests (upgraded ones too) get to finish on shutdown.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 
+/// Sessions whose shortest round trip is at least this get compressed bodies under
+/// [`BodyCompression::Auto`]: a WAN link, where bytes are dear; on a LAN or loopback the CPU
+/// would cost more than the bytes.
+pub const AUTO_COMPRESSION_MIN_RTT: Duration = Duration::from_millis(10);
+/// Default number of compressed bodies decoded at once (each decoder holds about 0.2 MiB);
+/// beyond it, bodies travel uncompressed.
+pub const DEFAULT_MAX_DECODERS: usize = 256;
+
+/// Whether plain response bodies (logs, stats, metrics) are compressed on tether/2 sessions
+/// (see the `stream-compress` crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyCompression {
+    /// Never.
+    Off,
+    /// On sessions whose shortest ping round trip is at least [`AUTO_COMPRESSION_MIN_RTT`].
+    #[default]
+    Auto,
+    /// On every tether/2 session.
+    On,
+}
+
+impl std::str::FromStr for BodyCompression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "off" => Ok(BodyCompression::Off),
+            "auto" => Ok(BodyCompression::Auto),
+            "on" => Ok(BodyCompression::On),
+            other => Err(format!("{other:?} is not one of off, auto, on")),
+        }
+    }
+}
+
 /// Tunables of the stream server.
 #[derive(Debug, Clone)]
 pub struct StreamServerConfig {
@@ -47,6 +80,10 @@ pub struct StreamServerConfig {
     pub max_connections: usize,
     /// On shutdown, how long requests may run before they are cut.
     pub drain_grace: Duration,
+    /// Compressed plain bodies on thin links.
+    pub compression: BodyCompression,
+    /// Compressed bodies decoded at once.
+    pub max_decoders: usize,
 }
 
 impl Default for StreamServerConfig {
@@ -56,6 +93,8 @@ impl Default for StreamServerConfig {
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             drain_grace: DEFAULT_DRAIN_GRACE,
+            compression: BodyCompression::default(),
+            max_decoders: DEFAULT_MAX_DECODERS,
         }
     }
 }
@@ -118,6 +157,8 @@ impl StreamServer {
             pods: self.pods.clone(),
             observer: self.observer.clone(),
             response_timeout: self.config.response_timeout,
+            compression: self.config.compression,
+            decoders: Arc::new(tokio::sync::Semaphore::new(self.config.max_decoders)),
             tracker: streams.clone(),
             cut: cut.clone(),
         });
