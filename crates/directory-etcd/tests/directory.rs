@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use etcd_client::GetOptions;
-use support::{Etcd, Replica, Stop, WAIT, all_see, barrier, init_tracing, ip};
+use support::{Etcd, Recorder, Replica, Stop, WAIT, all_see, barrier, init_tracing, ip, wait_told};
 
 const TTL: Duration = Duration::from_secs(5);
 
@@ -129,8 +129,7 @@ async fn a_node_moving_supersedes_the_old_holder_exactly_once() {
     b.dir.claim("edge-1", &[ip("10.0.0.1")], 21);
     let second = all_see(&[&a, &b, &c], "edge-1", Some("b")).await;
     assert!(second.revision > first.revision);
-    a.dir
-        .wait_until(WAIT, "A told", |_| !a.events.events().is_empty())
+    wait_told(&a.events, &Recorder::default(), 1, WAIT)
         .await
         .unwrap();
     let told = a.events.events();
@@ -215,10 +214,7 @@ async fn racing_claims_end_with_one_holder_and_the_loser_told() {
                 .unwrap();
         }
     }
-    a.dir
-        .wait_until(WAIT, "every loser told", |_| {
-            a.events.events().len() + b.events.events().len() >= nodes.len()
-        })
+    wait_told(&a.events, &b.events, nodes.len(), WAIT)
         .await
         .unwrap();
     barrier(&c, &[&a, &b, &c], "race").await;
@@ -300,8 +296,7 @@ async fn an_etcd_outage_keeps_lookups_and_reconciles_when_etcd_returns() {
     all_see(&[&a, &b, &c], "new", Some("a")).await;
     all_see(&[&a, &b, &c], "moved", Some("b")).await;
     all_see(&[&a, &b, &c], "half-open", Some("b")).await;
-    a.dir
-        .wait_until(WAIT, "A told", |_| !a.events.events().is_empty())
+    wait_told(&a.events, &Recorder::default(), 1, WAIT)
         .await
         .unwrap();
     barrier(&c, &[&a, &b, &c], "outage").await;
@@ -473,8 +468,7 @@ async fn a_partitioned_replica_whose_node_moved_learns_it_lost_and_does_not_take
     // When A is back it must not overwrite B's newer claim with its older session, and it
     // must register the node that stayed.
     partition.heal();
-    a.dir
-        .wait_until(WAIT, "A told", |_| !a.events.events().is_empty())
+    wait_told(&a.events, &Recorder::default(), 1, WAIT)
         .await
         .unwrap();
     a.fresh().await;

@@ -288,9 +288,40 @@ pub struct Superseded {
 }
 
 /// Records every event a directory reports.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recorder {
     events: Mutex<Vec<Superseded>>,
+    /// How many events so far, for waiting on them.
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            events: Mutex::new(Vec::new()),
+            count: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// Waits until `a` and `b` have recorded `n` events together. Events arrive from each
+/// replica's own driver, so this waits on both recorders, not on one directory's changes.
+pub async fn wait_told(a: &Recorder, b: &Recorder, n: usize, timeout: Duration) -> Result<()> {
+    let (mut ra, mut rb) = (a.count.subscribe(), b.count.subscribe());
+    let wait = async {
+        loop {
+            if *ra.borrow_and_update() + *rb.borrow_and_update() >= n {
+                return;
+            }
+            tokio::select! {
+                _ = ra.changed() => {}
+                _ = rb.changed() => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .with_context(|| format!("{n} superseded events within {timeout:?}"))
 }
 
 impl Recorder {
@@ -308,11 +339,13 @@ impl Recorder {
 
 impl DirectoryEvents for Recorder {
     fn superseded(&self, node: &str, session: u64, by: &Holder) {
-        self.events.lock().unwrap().push(Superseded {
+        let mut events = self.events.lock().unwrap();
+        events.push(Superseded {
             node: node.to_owned(),
             session,
             by: by.clone(),
         });
+        self.count.send_replace(events.len());
     }
 }
 
