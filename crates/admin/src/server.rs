@@ -174,7 +174,10 @@ impl Endpoints {
                     .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
                 response
             }
-            "/metrics" => match self.metrics.try_encode() {
+            "/metrics" => match {
+                self.metrics.sample_runtime();
+                self.metrics.try_encode()
+            } {
                 Ok(body) => {
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     response.headers_mut().insert(
