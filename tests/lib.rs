@@ -246,6 +246,23 @@ impl Process {
         )
     }
 
+    /// The child's process id (fails once it has been reaped).
+    pub fn pid(&self) -> Result<u32> {
+        self.child
+            .id()
+            .with_context(|| format!("{} has exited", self.name))
+    }
+
+    /// Sends SIGKILL and reaps the child: no chance to close anything politely, so its
+    /// sockets are closed by the kernel (peers see a FIN or RST at once).
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .with_context(|| format!("{} did not die", self.name))??;
+        Ok(())
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) -> Result<()> {
         let pid = self.child.id().context("already exited")?;
@@ -256,6 +273,207 @@ impl Process {
         Ok(())
     }
 }
+
+/// Open file descriptors of process `pid` (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {dir}"))?
+        .count())
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS line")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context("VmRSS is not a number")?;
+    Ok(kib * 1024)
+}
+
+/// One scrape of an admin port's `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Scrape(pub String);
+
+impl Scrape {
+    /// `GET /metrics` on `admin`.
+    pub async fn get(admin: SocketAddr) -> Result<Scrape> {
+        let io = tokio::net::TcpStream::connect(admin).await?;
+        let resp = http_get(io, &admin.to_string(), "/metrics", &[]).await?;
+        if resp.status() != http::StatusCode::OK {
+            bail!("/metrics on {admin} answered {}", resp.status());
+        }
+        let body = test_support::client::body_bytes(resp.into_body()).await?;
+        Ok(Scrape(String::from_utf8(body.to_vec())?))
+    }
+
+    /// The sum of every series of the family `name` (a gauge or counter with or without
+    /// labels); 0 when no series exists yet.
+    pub fn sum(&self, name: &str) -> i64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let family = series.split('{').next()?;
+                (family == name).then(|| value.parse::<f64>().ok())?
+            })
+            .map(|v| v as i64)
+            .sum()
+    }
+}
+
+/// What a process holds at one moment: the things that must come back to where they were
+/// once traffic is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readings {
+    /// Open file descriptors.
+    pub fds: usize,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// `tether_runtime_tasks`: tasks alive on the process's runtime.
+    pub tasks: i64,
+    /// `tether_streams_open`, all operations (the cloud records it; 0 on an edge).
+    pub streams_open: i64,
+    /// `tether_sessions` (the cloud records it; 0 on an edge).
+    pub sessions: i64,
+}
+
+impl std::fmt::Display for Readings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "fds {} rss {:.1} MiB tasks {} streams_open {} sessions {}",
+            self.fds,
+            self.rss as f64 / f64::from(1 << 20),
+            self.tasks,
+            self.streams_open,
+            self.sessions
+        )
+    }
+}
+
+/// How far from a baseline still counts as "back to it".
+///
+/// File descriptors and tasks must be exactly where they were: each one is a socket or a
+/// task some stream forgot. Memory gets slack, because the allocator keeps some freed pages
+/// for a while (jemalloc returns dirty pages on a decay of seconds) and caches grow to their
+/// bounds; what the slack must catch is memory that grows with the number of streams.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    /// Resident bytes allowed above the baseline.
+    pub rss: u64,
+}
+
+/// A process under observation: its pid and admin port.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub name: &'static str,
+    pub pid: u32,
+    pub admin: SocketAddr,
+}
+
+impl Probe {
+    /// Reads everything once. File descriptors are counted before the scrape, whose own
+    /// connection would otherwise be counted.
+    pub async fn read(&self) -> Result<Readings> {
+        let fds = open_fds(self.pid)?;
+        let rss = resident_bytes(self.pid)?;
+        let scrape = Scrape::get(self.admin).await?;
+        Ok(Readings {
+            fds,
+            rss,
+            // The scrape is served by one task of the process: not part of what it holds.
+            tasks: scrape.sum("tether_runtime_tasks") - 1,
+            streams_open: scrape.sum("tether_streams_open"),
+            sessions: scrape.sum("tether_sessions"),
+        })
+    }
+
+    /// Reads until two readings in a row agree on descriptors and tasks (the process has
+    /// settled after a change), within `within`; returns the last one.
+    pub async fn settled(&self, within: Duration) -> Result<Readings> {
+        let wait = async {
+            let mut last = self.read().await?;
+            loop {
+                tokio::time::sleep(POLL).await;
+                let now = self.read().await?;
+                if (now.fds, now.tasks, now.streams_open)
+                    == (last.fds, last.tasks, last.streams_open)
+                {
+                    return Ok::<_, anyhow::Error>(now);
+                }
+                last = now;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .with_context(|| format!("{} did not settle within {within:?}", self.name))?
+    }
+
+    /// Waits until the readings are back to `baseline` within `tolerance`, polling until
+    /// `within` is over; fails with the last reading.
+    pub async fn wait_flat(
+        &self,
+        baseline: Readings,
+        tolerance: Tolerance,
+        within: Duration,
+    ) -> Result<Readings> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.read().await?;
+            let flat = now.fds == baseline.fds
+                && now.tasks == baseline.tasks
+                && now.streams_open == baseline.streams_open
+                && now.sessions == baseline.sessions
+                && now.rss <= baseline.rss + tolerance.rss;
+            if flat {
+                return Ok(now);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} is not back to its baseline after {within:?}:\n  baseline {baseline}\n  now      {now}\n  (rss slack {:.1} MiB)",
+                    self.name,
+                    tolerance.rss as f64 / f64::from(1 << 20)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until `pred` holds for a reading, within `within`; returns that reading.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&Readings) -> bool,
+    ) -> Result<Readings> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.read().await?;
+            if pred(&now) {
+                return Ok(now);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{}: {what} not reached within {within:?}; last {now}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Pause between two readings of a process while waiting for a condition.
+const POLL: Duration = Duration::from_millis(100);
 
 /// A running `cloudstream`.
 pub struct Cloud {
@@ -268,15 +486,25 @@ pub struct Cloud {
 
 impl Cloud {
     pub async fn start(world: &World, extra_args: &[&str]) -> Result<Cloud> {
+        Cloud::start_at(world, "127.0.0.1:0", "127.0.0.1:0", extra_args).await
+    }
+
+    /// Starts a cloud on given tunnel and stream addresses (say, those a killed cloud had).
+    pub async fn start_at(
+        world: &World,
+        tunnel: &str,
+        stream: &str,
+        extra_args: &[&str],
+    ) -> Result<Cloud> {
         let config = world.cloudcore("")?;
         let config = config.to_string_lossy().into_owned();
         let mut args = vec![
             "--config",
             config.as_str(),
             "--tunnel-addr",
-            "127.0.0.1:0",
+            tunnel,
             "--stream-addr",
-            "127.0.0.1:0",
+            stream,
         ];
         args.extend_from_slice(extra_args);
         let mut process = Process::spawn("cloudstream", &args, world.path("cloudstream.log"))?;
@@ -298,12 +526,27 @@ impl Cloud {
     }
 }
 
+impl Cloud {
+    /// What to observe of this cloud; it must have been started with `--admin-addr`.
+    pub fn probe(&self) -> Result<Probe> {
+        Ok(Probe {
+            name: "cloudstream",
+            pid: self.process.pid()?,
+            admin: self
+                .admin
+                .context("cloudstream was started without --admin-addr")?,
+        })
+    }
+}
+
 /// A running `edgestream`.
 pub struct Edge {
     pub process: Process,
     pub node: String,
     /// The admin listener, when started with `--admin-addr`.
     pub admin: Option<SocketAddr>,
+    /// The dialect of the last tunnel it reported connected (`tether/2`, `kubeedge`).
+    pub dialect: Option<String>,
 }
 
 impl Edge {
@@ -332,8 +575,29 @@ impl Edge {
                 .strip_prefix("edgestream admin=")
                 .and_then(|a| a.parse().ok());
         }
-        edge.process.wait_line("edgestream connected").await?;
+        edge.wait_connected().await?;
         Ok(edge)
+    }
+
+    /// Waits for the next "connected" line, and notes its dialect.
+    pub async fn wait_connected(&mut self) -> Result<()> {
+        let line = self.process.wait_line("edgestream connected").await?;
+        self.dialect = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dialect="))
+            .map(str::to_owned);
+        Ok(())
+    }
+
+    /// What to observe of this edge; it must have been started with `--admin-addr`.
+    pub fn probe(&self) -> Result<Probe> {
+        Ok(Probe {
+            name: "edgestream",
+            pid: self.process.pid()?,
+            admin: self
+                .admin
+                .context("edgestream was started without --admin-addr")?,
+        })
     }
 
     /// Starts an edge without waiting; `cert_node` names the node in its certificate.
@@ -359,6 +623,7 @@ impl Edge {
             process,
             node: node.to_owned(),
             admin: None,
+            dialect: None,
         })
     }
 }

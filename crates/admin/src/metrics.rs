@@ -90,6 +90,7 @@ struct Families {
     pod_lookups: Family<LookupLabels, Counter>,
     pod_cache_pods: Gauge,
     pod_watch_up: Gauge,
+    runtime_tasks: Gauge,
 }
 
 /// The process's metric families, rendered on `/metrics`.
@@ -111,6 +112,7 @@ struct Families {
 /// | `tether_pod_lookups_total` | counter | `source`, `result` |
 /// | `tether_pod_cache_pods` | gauge | — |
 /// | `tether_pod_watch_up` | gauge | — |
+/// | `tether_runtime_tasks` | gauge | — |
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Families>,
@@ -226,8 +228,15 @@ impl Metrics {
             "1 while the cloud's watch on pods is connected, else 0",
             pod_watch_up.clone(),
         );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_tasks",
+            "Tasks alive on the process's tokio runtime (a steady rise with steady traffic is a leak)",
+            runtime_tasks.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
+                runtime_tasks,
                 pod_lookups,
                 pod_cache_pods,
                 pod_watch_up,
@@ -325,6 +334,21 @@ impl Metrics {
             .pod_cache_pods
             .set(i64::try_from(pods).unwrap_or(i64::MAX));
         self.inner.pod_watch_up.set(i64::from(watching));
+    }
+
+    /// Records how many tasks are alive on the tokio runtime this is called from; outside a
+    /// runtime it records nothing.
+    ///
+    /// The admin server calls it on every scrape of `/metrics`, so the value is current
+    /// rather than as old as a sampling interval: an operator (or a leak test) comparing two
+    /// scrapes compares two moments, not two stale samples.
+    pub fn sample_runtime(&self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let tasks = handle.metrics().num_alive_tasks();
+            self.inner
+                .runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
     }
 
     /// The edge's tunnel came up (`true`) or went down (`false`).
@@ -460,6 +484,29 @@ mod tests {
         }
         metrics.tunnel_up(false);
         assert!(has_line(&metrics.encode(), "tether_tunnel_up 0"));
+    }
+
+    #[test]
+    fn runtime_tasks_are_sampled_inside_a_runtime_only() {
+        let metrics = Metrics::new();
+        metrics.sample_runtime();
+        assert!(has_line(&metrics.encode(), "tether_runtime_tasks 0"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let parked = tokio::spawn(async move {
+                let _ = stopped.await;
+            });
+            metrics.sample_runtime();
+            assert!(has_line(&metrics.encode(), "tether_runtime_tasks 1"));
+            stop.send(()).unwrap();
+            parked.await.unwrap();
+            metrics.sample_runtime();
+            assert!(has_line(&metrics.encode(), "tether_runtime_tasks 0"));
+        });
     }
 
     #[test]

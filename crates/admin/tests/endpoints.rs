@@ -180,6 +180,14 @@ async fn metrics_are_scraped_as_openmetrics() {
         assert!(lines.contains(&line), "missing {line:?} in\n{}", reply.body);
     }
     assert_eq!(lines.last(), Some(&"# EOF"));
+    // The scrape counted the runtime's live tasks: at least the server and this connection.
+    let tasks: i64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tether_runtime_tasks "))
+        .expect("tether_runtime_tasks is rendered")
+        .parse()
+        .unwrap();
+    assert!(tasks >= 2, "{tasks} tasks\n{}", reply.body);
     // The body is exactly what `encode` renders.
     assert_eq!(reply.body, admin.metrics.encode());
     admin.stop().await;

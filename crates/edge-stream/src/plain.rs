@@ -10,6 +10,7 @@
 //! connection keeps each stream's fate independent.
 
 use std::pin::pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Uri, header};
@@ -29,6 +30,10 @@ use crate::serve::{Finish, Tally, cloud_gone, finish, refuse};
 /// Largest request body accepted from the cloud. The only plain request with a body is
 /// `POST /stats/summary`, whose body is a few bytes of JSON options.
 const MAX_REQUEST_BODY: usize = 1 << 20;
+
+/// Once the kubelet connection has ended, how long the request may take to report why. It
+/// is told at once when the connection ends; this only bounds the wait should it not be.
+const REQUEST_VERDICT: Duration = Duration::from_secs(1);
 
 /// Serves a plain request: send it to the kubelet, answer with its status and headers, copy
 /// the body.
@@ -109,22 +114,33 @@ pub(crate) async fn serve(
     // The connection is driven right here, next to the request, so it lives exactly as long
     // as this stream and needs no task of its own.
     let mut conn = pin!(conn);
+    let mut send = pin!(sender.send_request(kubelet_request));
     let response = tokio::select! {
-        r = sender.send_request(kubelet_request) => match r {
-            Ok(response) => response,
-            Err(e) => {
-                let reason = kubelet_failed(e).to_string();
-                return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
-            }
+        r = &mut send => r,
+        r = &mut conn => match r {
+            Err(e) => Err(e),
+            // hyper ends the connection without an error when the response head was bad
+            // (not HTTP, too large, cut short) and hands the reason to the request instead;
+            // the connection is gone, so the request resolves at once.
+            Ok(()) => match tokio::time::timeout(REQUEST_VERDICT, &mut send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = format!(
+                        "kubelet at {} closed the connection without answering",
+                        kubelet.addr()
+                    );
+                    return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
+                }
+            },
         },
-        r = &mut conn => {
-            let reason = match r {
-                Err(e) => kubelet_failed(e).to_string(),
-                Ok(()) => format!("kubelet at {} closed the connection without answering", kubelet.addr()),
-            };
+        () = cloud_gone(&mut stream) => return Ok(Finish::CloudClosed),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let reason = kubelet_failed(e).to_string();
             return refuse(&mut stream, tally, Refusal::new(502, reason)).await;
         }
-        () = cloud_gone(&mut stream) => return Ok(Finish::CloudClosed),
     };
 
     let (parts, mut body) = response.into_parts();
