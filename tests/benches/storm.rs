@@ -13,8 +13,8 @@
 //! the spread of the edges' return, the new cloud's CPU time until then, its peak handshake
 //! concurrency (`tether_handshakes_peak`), its refusals, and the failed dials the edges made.
 //! One round per `maxHandshakes` value in `TETHER_STORM_LIMITS`. All edges dial from
-//! 127.0.0.1, so `maxHandshakesPerSource` is set equal to `maxHandshakes` here: from one
-//! address the default 64 would be the limit under test instead.
+//! 127.0.0.1, so `maxHandshakesPerSource` is set to 20000 here: from one address the default
+//! 64 would be the limit under test instead.
 //!
 //! **Flood.** A fresh cloud with default limits; 10,000 connections from 127.0.0.2 that never
 //! send a byte; then the time for an edge from 127.0.0.1 to connect: the in-process dial, and
@@ -143,7 +143,9 @@ impl CloudBin {
     async fn metrics(&self) -> Result<String> {
         let io = TcpStream::connect(self.admin).await?;
         let resp = http_get(io, &self.admin.to_string(), "/metrics", &[]).await?;
-        Ok(String::from_utf8(body_bytes(resp.into_body()).await?.to_vec())?)
+        Ok(String::from_utf8(
+            body_bytes(resp.into_body()).await?.to_vec(),
+        )?)
     }
 
     async fn kill(mut self) -> Result<()> {
@@ -171,17 +173,24 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 fn refusals(text: &str) -> String {
-    ["timeout", "source_limit", "tls", "identity", "ip_conflict", "bad_request"]
-        .iter()
-        .map(|r| {
-            let v = metric(
-                text,
-                &format!("tether_handshakes_refused_total{{reason=\"{r}\"}}"),
-            );
-            format!("{r} {v}")
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    [
+        "timeout",
+        "source_limit",
+        "tls",
+        "identity",
+        "ip_conflict",
+        "bad_request",
+    ]
+    .iter()
+    .map(|r| {
+        let v = metric(
+            text,
+            &format!("tether_handshakes_refused_total{{reason=\"{r}\"}}"),
+        );
+        format!("{r} {v}")
+    })
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 /// User + system CPU seconds of a process so far.
@@ -278,11 +287,8 @@ impl Fleet {
                     eprintln!("edge {i}: {e}");
                 }
             });
-            let (connects, connected_at, disconnects) = (
-                connects.clone(),
-                connected_at.clone(),
-                disconnects.clone(),
-            );
+            let (connects, connected_at, disconnects) =
+                (connects.clone(), connected_at.clone(), disconnects.clone());
             tasks.spawn(async move {
                 while rx.changed().await.is_ok() {
                     let status = rx.borrow_and_update().clone();
@@ -387,7 +393,7 @@ async fn restart_round(
         "--tunnel-max-handshakes",
         limit.as_str(),
         "--tunnel-max-handshakes-per-source",
-        limit.as_str(),
+        "20000",
     ];
     let cloud = CloudBin::start(world, tunnel, &args, &format!("cloud-{limit}-a.log")).await?;
     let n = configs.len();
@@ -618,7 +624,9 @@ async fn run() -> Result<()> {
         .collect();
     println!("tether storm benchmark");
     println!("{}", machine());
-    println!("RLIMIT_NOFILE {hard}; {sessions} edges; maxHandshakes rounds {limits:?}; flood {idle}");
+    println!(
+        "RLIMIT_NOFILE {hard}; {sessions} edges; maxHandshakes rounds {limits:?}; flood {idle}"
+    );
 
     let world = World::new()?;
     if sessions > 0 && !limits.is_empty() {

@@ -201,14 +201,15 @@ tether_cli::settings! {
         default: TunnelServerConfig::default().handshake_timeout,
         check: check::positive,
     }
-    /// Tunnel connections open at once, handshaking or serving a session.
+    /// Tunnel connections open at once, waiting for a handshake, handshaking or serving a
+    /// session.
     tunnel_max_connections: usize {
         key: "tunnelServer.maxConnections",
         default: TunnelServerConfig::default().max_connections,
         check: check::at_least_one,
     }
-    /// Tunnel handshakes in progress at once; more edges wait in the kernel's accept queue.
-    /// Default: 512.
+    /// Tunnel handshakes in progress at once; more accepted edges wait their turn within the
+    /// handshake timeout. Default: 512.
     tunnel_max_handshakes: usize {
         key: "tunnelServer.maxHandshakes",
         flag: ("tunnel-max-handshakes", env = "CLOUDSTREAM_TUNNEL_MAX_HANDSHAKES",
@@ -216,8 +217,8 @@ tether_cli::settings! {
         default: TunnelServerConfig::default().max_handshakes,
         check: check::at_least_one,
     }
-    /// Tunnel handshakes in progress at once from one address (IPv4, or IPv6 /64); more are
-    /// reset. Default: 64.
+    /// Tunnel connections waiting for or in a handshake at once from one address (IPv4, or
+    /// IPv6 /64); more are reset. Default: 64.
     tunnel_max_handshakes_per_source: usize {
         key: "tunnelServer.maxHandshakesPerSource",
         flag: ("tunnel-max-handshakes-per-source",

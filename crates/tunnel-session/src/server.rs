@@ -8,10 +8,10 @@
 //! session is registered, runs until it ends, and is removed again.
 //!
 //! The accept path is bounded (see `admission`): connections open at once, handshakes at
-//! once (a reconnect storm waits in the kernel's accept queue), handshakes per source address
-//! (a flood of idle connections from one address holds only a few slots), and one deadline
-//! from `accept` to the answered upgrade (a peer that sends nothing, or trickles bytes, is cut
-//! at it).
+//! once (a reconnect storm waits its turn in a queue), connections per source address in the
+//! handshake (a flood of idle connections from one address holds only a few slots), and one
+//! deadline from `accept` to the answered upgrade, queueing included (a peer that sends
+//! nothing, or trickles bytes, is cut at it).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -34,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tungstenite::handshake::derive_accept_key;
 
-use crate::admission::{Admission, HandshakeSlot, Limits};
+use crate::admission::{Admission, Limits, SourceSlot};
 use crate::config::SessionConfig;
 use crate::dialect::{
     CONNECT_PATH, Dialect, HOSTNAME_HEADER, INTERNAL_IP_HEADER, NodeIdentity, PROTOCOL_HEADER,
@@ -52,13 +52,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 /// Default limit on handshakes in progress at once.
 ///
-/// A handshake costs the cloud about 0.4 ms of CPU (docs/BENCHMARKS.md, scenario 6), so 512 of
-/// them at once are at most ~0.1 s of work on two cores: each finishes far inside the deadline
+/// A handshake costs the cloud about 0.4–0.7 ms of CPU (docs/BENCHMARKS.md, scenario 6 and the
+/// storm benchmark), so 512 of them at once are at most ~0.2 s of work on two cores: each finishes far inside the deadline
 /// even when all arrive together. And 512 in flight still sustain ~2,500 handshakes/s when each
 /// takes 200 ms of round trips on a long link, more than the CPU allows anyway.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
-/// Default limit on handshakes in progress from one source address (an IPv4 address or an
-/// IPv6 /64).
+/// Default limit on connections waiting for or in a handshake from one source address (an
+/// IPv4 address or an IPv6 /64).
 ///
 /// Far below [`DEFAULT_MAX_HANDSHAKES`], so one address flooding the port leaves most slots to
 /// everyone else; high enough for a site of edges behind one NAT address to come back at
@@ -75,14 +75,14 @@ pub struct TunnelServerConfig {
     /// From `accept` until the upgrade is answered (TLS handshake plus upgrade request): a
     /// peer that sends nothing, or too slowly, is cut at this deadline.
     pub handshake_timeout: Duration,
-    /// Connections open at once, handshaking or serving a session; more wait in the kernel's
-    /// accept queue.
+    /// Connections open at once, waiting for a handshake, handshaking or serving a session;
+    /// more wait in the kernel's accept queue.
     pub max_connections: usize,
-    /// Handshakes in progress at once; more connections wait in the kernel's accept queue
-    /// rather than all competing for the CPU.
+    /// Handshakes in progress at once; more accepted connections wait their turn (within the
+    /// handshake deadline) rather than all competing for the CPU.
     pub max_handshakes: usize,
-    /// Handshakes in progress at once from one source address (IPv4 address or IPv6 /64);
-    /// connections over it are reset as soon as they are accepted.
+    /// Connections waiting for or in a handshake at once from one source address (IPv4
+    /// address or IPv6 /64); connections over it are reset as soon as they are accepted.
     pub max_handshakes_per_source: usize,
     /// On shutdown, how long open streams may run before sessions are closed.
     pub drain_grace: Duration,
@@ -115,7 +115,7 @@ pub enum Refusal {
     /// The handshake deadline passed before the upgrade was answered (a peer that sent
     /// nothing, or too slowly).
     Timeout,
-    /// The source address already had as many handshakes in progress as allowed.
+    /// The source address already had as many connections in the handshake as allowed.
     SourceLimit,
 }
 
@@ -212,19 +212,19 @@ impl TunnelServer {
     /// closed. Returns once every connection task has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
-        let admission = Admission::new(
+        let admission = Arc::new(Admission::new(
             Limits {
                 connections: self.config.max_connections,
                 handshakes: self.config.max_handshakes,
                 handshakes_per_source: self.config.max_handshakes_per_source,
             },
             Arc::clone(&self.observer),
-        );
+        ));
         let sessions_done = CancellationToken::new();
         loop {
-            // Room for the connection and its handshake first: until then, edges wait in the
-            // kernel's accept queue.
-            let (connection, handshake) = tokio::select! {
+            // Room for the connection first: until then, edges wait in the kernel's accept
+            // queue. Handshakes are limited after the accept, in our own queue.
+            let connection = tokio::select! {
                 () = shutdown.cancelled() => break,
                 permits = admission.ready() => match permits {
                     Some(p) => p,
@@ -244,7 +244,7 @@ impl TunnelServer {
                 },
             };
             let deadline = Instant::now() + self.config.handshake_timeout;
-            let Some(slot) = admission.admit(peer.ip(), handshake) else {
+            let Some(source) = admission.admit(peer.ip()) else {
                 // Reset rather than close: no TIME_WAIT left behind per refused connection.
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                 debug!(%peer, "tunnel connection refused: too many handshakes from its address");
@@ -256,7 +256,8 @@ impl TunnelServer {
             let stop = sessions_done.clone();
             let admitted = Admitted {
                 deadline,
-                slot,
+                source,
+                admission: Arc::clone(&admission),
                 connection: Arc::new(connection),
             };
             tracker.spawn(async move {
@@ -303,9 +304,20 @@ impl TunnelServer {
     ) {
         let Admitted {
             deadline,
-            slot,
+            source,
+            admission,
             connection,
         } = admitted;
+        // Wait for a handshake slot, in arrival order; the wait counts against the deadline.
+        let slot = match tokio::time::timeout_at(deadline, admission.handshake()).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return,
+            Err(_) => {
+                info!(%peer, "tunnel connection timed out waiting for a handshake slot");
+                self.observer.refused(Refusal::Timeout);
+                return;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let tls = match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -356,6 +368,7 @@ impl TunnelServer {
             }
         }
         drop(slot);
+        drop(source);
     }
 
     /// Checks an upgrade request; on success answers 101 and starts the session, which holds
@@ -574,8 +587,10 @@ impl TunnelServer {
 struct Admitted {
     /// `accept` plus the handshake timeout.
     deadline: Instant,
-    /// Its place among the handshakes, given back when the handshake ends.
-    slot: HandshakeSlot,
+    /// Its source's count, given back when the handshake ends.
+    source: SourceSlot,
+    /// Where it waits for a handshake slot.
+    admission: Arc<Admission>,
     /// Its place among the connections, held by the session until it ends.
     connection: Arc<OwnedSemaphorePermit>,
 }
