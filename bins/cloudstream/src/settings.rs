@@ -191,8 +191,8 @@ tether_cli::settings! {
     }
 
     // `tunnelServer:`
-    /// From accepting an edge's connection until its websocket upgrade is answered (TLS
-    /// handshake plus upgrade request). Default: 10s.
+    /// TLS handshake plus websocket upgrade of an edge, from when it gets a handshake slot
+    /// (the wait for one is bounded by twice this). Default: 10s.
     tunnel_handshake_timeout: Duration {
         key: "tunnelServer.handshakeTimeout",
         yaml: duration,
@@ -208,8 +208,8 @@ tether_cli::settings! {
         default: TunnelServerConfig::default().max_connections,
         check: check::at_least_one,
     }
-    /// Tunnel handshakes in progress at once; more accepted edges wait their turn within the
-    /// handshake timeout. Default: 512.
+    /// Tunnel handshakes in progress at once; more accepted edges wait their turn, for up to
+    /// twice the handshake timeout. Default: 512.
     tunnel_max_handshakes: usize {
         key: "tunnelServer.maxHandshakes",
         flag: ("tunnel-max-handshakes", env = "CLOUDSTREAM_TUNNEL_MAX_HANDSHAKES",

@@ -13,7 +13,7 @@
 //!   at once, starving running sessions of CPU and timing out together. The queue is ours, not
 //!   the kernel's: its accept queue is short (1,024 here), and a full one drops SYNs, which the
 //!   edges only resend after 1, 3, 7, 15 s (measured: 10,000 edges took 34 s to connect that
-//!   way, 7 s with this queue). The wait counts against the handshake deadline;
+//!   way, 7–8 s with this queue). The server bounds the wait (see `server`);
 //! - connections **per source address**, queued or handshaking: checked right after `accept`,
 //!   because only then is the address known. A connection over the limit is reset at once, so
 //!   10,000 idle connections from one address hold only a few slots (until the handshake
