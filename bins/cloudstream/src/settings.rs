@@ -210,17 +210,39 @@ tether_cli::settings! {
     }
 
     // `tunnelServer:`
-    /// TLS handshake plus websocket upgrade of an edge.
+    /// TLS handshake plus websocket upgrade of an edge, from when it gets a handshake slot
+    /// (the wait for one is bounded by twice this). Default: 10s.
     tunnel_handshake_timeout: Duration {
         key: "tunnelServer.handshakeTimeout",
         yaml: duration,
+        flag: ("tunnel-handshake-timeout", env = "CLOUDSTREAM_TUNNEL_HANDSHAKE_TIMEOUT",
+               value_name = "DURATION", value_parser = duration_flag),
         default: TunnelServerConfig::default().handshake_timeout,
         check: check::positive,
     }
-    /// Tunnel connections served at once.
+    /// Tunnel connections open at once, waiting for a handshake, handshaking or serving a
+    /// session.
     tunnel_max_connections: usize {
         key: "tunnelServer.maxConnections",
         default: TunnelServerConfig::default().max_connections,
+        check: check::at_least_one,
+    }
+    /// Tunnel handshakes in progress at once; more accepted edges wait their turn, for up to
+    /// twice the handshake timeout. Default: 512.
+    tunnel_max_handshakes: usize {
+        key: "tunnelServer.maxHandshakes",
+        flag: ("tunnel-max-handshakes", env = "CLOUDSTREAM_TUNNEL_MAX_HANDSHAKES",
+               value_name = "N"),
+        default: TunnelServerConfig::default().max_handshakes,
+        check: check::at_least_one,
+    }
+    /// Tunnel connections waiting for or in a handshake at once from one address (IPv4, or
+    /// IPv6 /64); more are reset. Default: 64.
+    tunnel_max_handshakes_per_source: usize {
+        key: "tunnelServer.maxHandshakesPerSource",
+        flag: ("tunnel-max-handshakes-per-source",
+               env = "CLOUDSTREAM_TUNNEL_MAX_HANDSHAKES_PER_SOURCE", value_name = "N"),
+        default: TunnelServerConfig::default().max_handshakes_per_source,
         check: check::at_least_one,
     }
     /// On shutdown, how long open streams may run (0 cuts them at once).
@@ -477,6 +499,8 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
             session,
             handshake_timeout: v.tunnel_handshake_timeout.value,
             max_connections: v.tunnel_max_connections.value,
+            max_handshakes: v.tunnel_max_handshakes.value,
+            max_handshakes_per_source: v.tunnel_max_handshakes_per_source.value,
             drain_grace: v.tunnel_drain_grace.value,
         },
         stream_server: StreamServerConfig {
@@ -579,7 +603,8 @@ mod tests {
             dir.path(),
             "listen:\n  tunnel: 127.0.0.1:0\n  stream: 127.0.0.1:0\n  admin: 127.0.0.1:0\n\
              session:\n  streamWindow: 65536\n  stallLimit: 2s\n\
-             tunnelServer:\n  drainGrace: 1s\nstreamServer:\n  responseTimeout: 250ms\n\
+             tunnelServer:\n  drainGrace: 1s\n  maxHandshakes: 100\n  maxHandshakesPerSource: 7\n\
+             streamServer:\n  responseTimeout: 250ms\n\
              log:\n  level: debug\n",
         );
         let settings = load(&file, &Flags::default()).unwrap();
@@ -595,6 +620,12 @@ mod tests {
             tunnel_session::config::DEFAULT_DEAD_AFTER
         );
         assert_eq!(settings.tunnel_server.drain_grace, Duration::from_secs(1));
+        assert_eq!(settings.tunnel_server.max_handshakes, 100);
+        assert_eq!(settings.tunnel_server.max_handshakes_per_source, 7);
+        assert_eq!(
+            settings.tunnel_server.max_connections,
+            tunnel_session::server::DEFAULT_MAX_CONNECTIONS
+        );
         assert_eq!(
             settings.stream_server.response_timeout,
             Duration::from_millis(250)
@@ -605,6 +636,8 @@ mod tests {
         let flags = Flags {
             tunnel_addr: Some("127.0.0.1:1".parse().unwrap()),
             stall_limit: Some(Duration::from_secs(9)),
+            tunnel_max_handshakes_per_source: Some(9),
+            tunnel_handshake_timeout: Some(Duration::from_secs(3)),
             log_level: Some("error".into()),
             ..Flags::default()
         };
@@ -615,6 +648,12 @@ mod tests {
             Duration::from_secs(9)
         );
         assert_eq!(settings.tunnel_server.session.stream_window, 65536);
+        assert_eq!(settings.tunnel_server.max_handshakes, 100);
+        assert_eq!(settings.tunnel_server.max_handshakes_per_source, 9);
+        assert_eq!(
+            settings.tunnel_server.handshake_timeout,
+            Duration::from_secs(3)
+        );
         assert_eq!(settings.log.filter(Some("warn".into())), "error");
     }
 
@@ -634,6 +673,10 @@ mod tests {
             (
                 "streamServer:\n  maxConnections: 0\n",
                 "streamServer.maxConnections",
+            ),
+            (
+                "tunnelServer:\n  maxHandshakesPerSource: 0\n",
+                "tunnelServer.maxHandshakesPerSource",
             ),
             ("log:\n  format: xml\n", "log.format"),
             ("log:\n  level: \"=[\"\n", "log.level"),

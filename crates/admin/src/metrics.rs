@@ -28,15 +28,6 @@ use tunnel_session::session::Session;
 
 use crate::Error;
 
-/// Every handshake refusal reason, so each series exists (at zero) from the start and
-/// `rate()` sees the first refusal.
-const REFUSALS: [Refusal; 4] = [
-    Refusal::Tls,
-    Refusal::BadRequest,
-    Refusal::Identity,
-    Refusal::IpConflict,
-];
-
 /// `operation` label: the kubelet operation a stream serves (`logs`, `exec`, …).
 /// Values come from code, never from peers (see the module docs).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +70,8 @@ struct Families {
     registry: Registry,
     sessions: Gauge,
     handshakes_refused: Family<ReasonLabels, Counter>,
+    handshakes: Gauge,
+    handshakes_peak: Gauge,
     streams_open: Family<OperationLabels, Gauge>,
     streams_total: Family<OperationLabels, Counter>,
     stream_bytes: Family<DirectionLabels, Counter>,
@@ -101,6 +94,8 @@ struct Families {
 /// |---|---|---|
 /// | `tether_sessions` | gauge | — |
 /// | `tether_handshakes_refused_total` | counter | `reason` |
+/// | `tether_handshakes` | gauge | — |
+/// | `tether_handshakes_peak` | gauge | — |
 /// | `tether_streams_open` | gauge | `operation` |
 /// | `tether_streams_total` | counter | `operation` |
 /// | `tether_stream_bytes_total` | counter | `operation`, `direction` |
@@ -146,16 +141,30 @@ impl Metrics {
         let handshakes_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "handshakes_refused",
-            "Tunnel handshakes refused, by reason (tls, bad_request, identity, ip_conflict)",
+            "Tunnel handshakes refused, by reason (tls, bad_request, identity, ip_conflict, timeout, source_limit)",
             handshakes_refused.clone(),
         );
-        for refusal in REFUSALS {
+        // Every reason, so each series exists (at zero) from the start and `rate()` sees the
+        // first refusal.
+        for refusal in Refusal::ALL {
             handshakes_refused
                 .get_or_create(&ReasonLabels {
                     reason: refusal.as_str().to_owned(),
                 })
                 .inc_by(0);
         }
+        let handshakes = Gauge::default();
+        registry.register(
+            "handshakes",
+            "Tunnel handshakes in progress (TCP accepted, upgrade not yet answered)",
+            handshakes.clone(),
+        );
+        let handshakes_peak = Gauge::default();
+        registry.register(
+            "handshakes_peak",
+            "Most tunnel handshakes in progress at once since the process started",
+            handshakes_peak.clone(),
+        );
         let streams_open = Family::<OperationLabels, Gauge>::default();
         registry.register(
             "streams_open",
@@ -243,6 +252,8 @@ impl Metrics {
                 registry,
                 sessions,
                 handshakes_refused,
+                handshakes,
+                handshakes_peak,
                 streams_open,
                 streams_total,
                 stream_bytes,
@@ -391,6 +402,18 @@ impl TunnelObserver for Metrics {
             .inc();
     }
 
+    fn handshake_started(&self) {
+        let now = self.inner.handshakes.inc() + 1;
+        self.inner
+            .handshakes_peak
+            .inner()
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn handshake_ended(&self) {
+        self.inner.handshakes.dec();
+    }
+
     fn session_started(&self, _session: &Session) {
         self.inner.sessions.inc();
     }
@@ -514,7 +537,14 @@ mod tests {
         let metrics = Metrics::new();
         let observer: Arc<dyn TunnelObserver> = Arc::new(metrics.clone());
         let text = metrics.encode();
-        for reason in ["tls", "bad_request", "identity", "ip_conflict"] {
+        for reason in [
+            "tls",
+            "bad_request",
+            "identity",
+            "ip_conflict",
+            "timeout",
+            "source_limit",
+        ] {
             let line = format!("tether_handshakes_refused_total{{reason=\"{reason}\"}} 0");
             assert!(has_line(&text, &line), "missing {line:?} in\n{text}");
         }
@@ -538,6 +568,14 @@ mod tests {
         ] {
             assert!(has_line(&text, line), "missing {line:?} in\n{text}");
         }
+        observer.handshake_started();
+        observer.handshake_started();
+        observer.handshake_ended();
+        observer.handshake_started();
+        observer.handshake_ended();
+        let text = metrics.encode();
+        assert!(has_line(&text, "tether_handshakes 1"), "{text}");
+        assert!(has_line(&text, "tether_handshakes_peak 2"), "{text}");
         observer.session_ended(&a);
         assert!(has_line(&metrics.encode(), "tether_sessions 1"));
         observer.session_ended(&b);

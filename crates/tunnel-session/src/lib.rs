@@ -19,6 +19,7 @@
 //! - [`tls`]: certificates, keys and rustls configurations.
 //! - `ws` (private): the websocket frame layer, which carries non-UTF-8 TEXT frames.
 
+mod admission;
 pub mod client;
 pub mod config;
 pub mod dialect;

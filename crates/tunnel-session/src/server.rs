@@ -6,6 +6,12 @@
 //! must equal the `SessionHostNameOverride` header; the node IP must not belong to another
 //! live node. The dialect is tether/2 only if the edge offered it. After the upgrade the
 //! session is registered, runs until it ends, and is removed again.
+//!
+//! The accept path is bounded (see `admission`): connections open at once, handshakes at
+//! once (a reconnect storm waits its turn in a queue, for at most two handshake timeouts),
+//! connections per source address in the handshake (a flood of idle connections from one
+//! address holds only a few slots), and one deadline from taking a handshake slot to the
+//! answered upgrade (a peer that sends nothing, or trickles bytes, is cut at it).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +25,8 @@ use hyper::body::Incoming as HyperBody;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use tungstenite::handshake::derive_accept_key;
 
+use crate::admission::{Admission, Limits, SourceSlot};
 use crate::config::SessionConfig;
 use crate::dialect::{
     CONNECT_PATH, Dialect, HOSTNAME_HEADER, INTERNAL_IP_HEADER, NodeIdentity, PROTOCOL_HEADER,
@@ -36,11 +45,34 @@ use crate::registry::Registry;
 use crate::session::{Session, SessionParams};
 use crate::tls;
 
-/// Default time allowed for the TLS handshake plus the upgrade request (KubeEdge: 2 s for
-/// the upgrade alone; weak links need more for TLS).
+/// Default time allowed for the TLS handshake plus the upgrade request, from taking a handshake
+/// slot (KubeEdge: 2 s for the upgrade alone; weak links need more for TLS).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default limit on tunnel connections being handshaken or served at once.
+/// Default limit on tunnel connections open at once, handshaking or serving a session.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default limit on handshakes in progress at once.
+///
+/// A handshake costs the cloud about 0.4–0.7 ms of CPU (docs/BENCHMARKS.md, scenario 6 and the
+/// storm benchmark), so 512 of them at once are at most ~0.2 s of work on two cores: each finishes far inside the deadline
+/// even when all arrive together. And 512 in flight still sustain ~2,500 handshakes/s when each
+/// takes 200 ms of round trips on a long link, more than the CPU allows anyway.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Default limit on connections waiting for or in a handshake from one source address (an
+/// IPv4 address or an IPv6 /64).
+///
+/// Far below [`DEFAULT_MAX_HANDSHAKES`], so one address flooding the port leaves most slots to
+/// everyone else; high enough for a site of edges behind one NAT address to come back at
+/// ~100 handshakes/s from that address after a cloud restart (refused ones back off and retry).
+pub const DEFAULT_MAX_HANDSHAKES_PER_SOURCE: usize = 64;
+/// How long an accepted connection may wait for a handshake slot, in handshake timeouts.
+///
+/// The queue holds no CPU and no handshake slot, only a socket: cutting a queued edge at the
+/// handshake deadline would only send it into backoff while it still waits (measured: a
+/// 10,000-edge reconnect took 23.5 s with 2,510 such cuts, 6.7 s without). Two timeouts of
+/// queueing plus one of handshake are 30 s by default, KubeEdge's edge-side dial timeout: an
+/// edge is served or refused before it gives up. A flood from many addresses is still drained
+/// at the same bound.
+const QUEUE_WAIT_TIMEOUTS: u32 = 2;
 /// Default time open streams get to finish when the server shuts down.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -49,12 +81,19 @@ pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(30);
 pub struct TunnelServerConfig {
     /// Session tunables for every accepted edge.
     pub session: SessionConfig,
-    /// TLS handshake plus upgrade request must finish within this.
+    /// From taking a handshake slot until the upgrade is answered (TLS handshake plus upgrade
+    /// request): a peer that sends nothing, or too slowly, is cut at this deadline. Waiting
+    /// for the slot is bounded by twice this; so accept to upgrade takes at most three times.
     pub handshake_timeout: Duration,
-    /// Connections in the TLS and upgrade phase at once; more wait in the kernel's accept
-    /// queue. An established session no longer holds a slot (sessions are bounded by the
-    /// nodes whose certificates the CA issued).
+    /// Connections open at once, waiting for a handshake, handshaking or serving a session;
+    /// more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Handshakes in progress at once; more accepted connections wait their turn (within the
+    /// handshake deadline) rather than all competing for the CPU.
+    pub max_handshakes: usize,
+    /// Connections waiting for or in a handshake at once from one source address (IPv4
+    /// address or IPv6 /64); connections over it are reset as soon as they are accepted.
+    pub max_handshakes_per_source: usize,
     /// On shutdown, how long open streams may run before sessions are closed.
     pub drain_grace: Duration,
 }
@@ -65,6 +104,8 @@ impl Default for TunnelServerConfig {
             session: SessionConfig::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_source: DEFAULT_MAX_HANDSHAKES_PER_SOURCE,
             drain_grace: DEFAULT_DRAIN_GRACE,
         }
     }
@@ -73,7 +114,7 @@ impl Default for TunnelServerConfig {
 /// Why a handshake was refused; counted by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
-    /// TLS failed (no certificate, wrong CA, timeout).
+    /// TLS failed (no certificate, wrong CA, not TLS at all).
     Tls,
     /// Not a websocket upgrade on the connect path.
     BadRequest,
@@ -81,9 +122,24 @@ pub enum Refusal {
     Identity,
     /// The node IP belongs to another live node.
     IpConflict,
+    /// The handshake deadline passed before the upgrade was answered (a peer that sent
+    /// nothing, or too slowly).
+    Timeout,
+    /// The source address already had as many connections in the handshake as allowed.
+    SourceLimit,
 }
 
 impl Refusal {
+    /// Every reason, e.g. to create each metric series up front.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::Tls,
+        Refusal::BadRequest,
+        Refusal::Identity,
+        Refusal::IpConflict,
+        Refusal::Timeout,
+        Refusal::SourceLimit,
+    ];
+
     /// Name used in logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,6 +147,8 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::Identity => "identity",
             Refusal::IpConflict => "ip_conflict",
+            Refusal::Timeout => "timeout",
+            Refusal::SourceLimit => "source_limit",
         }
     }
 }
@@ -99,6 +157,11 @@ impl Refusal {
 pub trait TunnelObserver: Send + Sync + 'static {
     /// A handshake was refused.
     fn refused(&self, _reason: Refusal) {}
+    /// A connection was accepted and its handshake began. Pairs with one
+    /// [`TunnelObserver::handshake_ended`]; the difference is the handshakes in progress.
+    fn handshake_started(&self) {}
+    /// A handshake ended: upgraded, refused or timed out.
+    fn handshake_ended(&self) {}
     /// A session started.
     fn session_started(&self, _session: &Session) {}
     /// A session ended.
@@ -159,14 +222,23 @@ impl TunnelServer {
     /// closed. Returns once every connection task has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
         let tracker = TaskTracker::new();
-        let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
+        let admission = Arc::new(Admission::new(
+            Limits {
+                connections: self.config.max_connections,
+                handshakes: self.config.max_handshakes,
+                handshakes_per_source: self.config.max_handshakes_per_source,
+            },
+            Arc::clone(&self.observer),
+        ));
         let sessions_done = CancellationToken::new();
         loop {
-            let permit = tokio::select! {
+            // Room for the connection first: until then, edges wait in the kernel's accept
+            // queue. Handshakes are limited after the accept, in our own queue.
+            let connection = tokio::select! {
                 () = shutdown.cancelled() => break,
-                permit = limit.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
+                permits = admission.ready() => match permits {
+                    Some(p) => p,
+                    None => break,
                 },
             };
             let (tcp, peer) = tokio::select! {
@@ -181,12 +253,27 @@ impl TunnelServer {
                     }
                 },
             };
+            let queued_until = Instant::now() + QUEUE_WAIT_TIMEOUTS * self.config.handshake_timeout;
+            let Some(source) = admission.admit(peer.ip()) else {
+                // Reset rather than close: no TIME_WAIT left behind per refused connection.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                debug!(%peer, "tunnel connection refused: too many handshakes from its address");
+                self.observer.refused(Refusal::SourceLimit);
+                continue;
+            };
             let server = self.clone();
             let task_tracker = tracker.clone();
             let stop = sessions_done.clone();
+            let admitted = Admitted {
+                queued_until,
+                source,
+                admission: Arc::clone(&admission),
+                connection: Arc::new(connection),
+            };
             tracker.spawn(async move {
-                server.connection(tcp, peer, task_tracker, stop).await;
-                drop(permit);
+                server
+                    .connection(tcp, peer, admitted, task_tracker, stop)
+                    .await;
             });
         }
         drop(listener);
@@ -215,18 +302,39 @@ impl TunnelServer {
         Ok(())
     }
 
+    /// One accepted connection until its upgrade is answered (then its session runs in a task
+    /// of its own) or it is refused. The wait for a handshake slot is bounded by
+    /// `admitted.queued_until`, the handshake itself by the handshake timeout.
     async fn connection(
         self,
         tcp: TcpStream,
         peer: SocketAddr,
+        admitted: Admitted,
         tracker: TaskTracker,
         stop: CancellationToken,
     ) {
+        let Admitted {
+            queued_until,
+            source,
+            admission,
+            connection,
+        } = admitted;
+        // Wait for a handshake slot, in arrival order.
+        let slot = match tokio::time::timeout_at(queued_until, admission.handshake()).await {
+            Ok(Some(slot)) => slot,
+            Ok(None) => return,
+            Err(_) => {
+                info!(%peer, "tunnel connection timed out waiting for a handshake slot");
+                self.observer.refused(Refusal::Timeout);
+                return;
+            }
+        };
+        // From here the peer is read: the handshake deadline runs.
+        let deadline = Instant::now() + self.config.handshake_timeout;
         if let Err(e) = crate::session::tune_socket(&tcp, &self.config.session) {
             debug!(%peer, error = %e, "tunnel socket options not set");
         }
-        let timeout = self.config.handshake_timeout;
-        let tls = match tokio::time::timeout(timeout, self.acceptor.accept(tcp)).await {
+        let tls = match tokio::time::timeout_at(deadline, self.acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 info!(%peer, error = %e, "tunnel TLS handshake refused");
@@ -235,7 +343,7 @@ impl TunnelServer {
             }
             Err(_) => {
                 info!(%peer, "tunnel TLS handshake timed out");
-                self.observer.refused(Refusal::Tls);
+                self.observer.refused(Refusal::Timeout);
                 return;
             }
         };
@@ -246,19 +354,40 @@ impl TunnelServer {
             let identity = identity.clone();
             let tracker = tracker.clone();
             let stop = stop.clone();
-            async move { Ok::<_, Infallible>(server.upgrade(req, peer, identity, tracker, stop)) }
+            let connection = Arc::clone(&connection);
+            async move {
+                Ok::<_, Infallible>(server.upgrade(req, peer, identity, tracker, stop, connection))
+            }
         });
+        // hyper's own header timer, should it ever start first, never outlasts our deadline.
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(timeout)
+            .header_read_timeout(remaining)
             .serve_connection(TokioIo::new(tls), service)
             .with_upgrades();
-        if let Err(e) = conn.await {
-            debug!(%peer, error = %e, "tunnel HTTP connection ended with an error");
+        // The connection future ends once the upgraded socket is handed to the session task,
+        // or when the request was refused; a peer that trickles its request, or never reads
+        // the answer, is cut at the deadline.
+        match tokio::time::timeout_at(deadline, conn).await {
+            Ok(Ok(())) => {}
+            // hyper's header timer and ours end in the same tick: the same deadline either way.
+            Ok(Err(e)) if e.is_timeout() => {
+                info!(%peer, "tunnel upgrade timed out");
+                self.observer.refused(Refusal::Timeout);
+            }
+            Ok(Err(e)) => debug!(%peer, error = %e, "tunnel HTTP connection ended with an error"),
+            Err(_) => {
+                info!(%peer, "tunnel upgrade timed out");
+                self.observer.refused(Refusal::Timeout);
+            }
         }
+        drop(slot);
+        drop(source);
     }
 
-    /// Checks an upgrade request; on success answers 101 and starts the session.
+    /// Checks an upgrade request; on success answers 101 and starts the session, which holds
+    /// the `connection` slot until it ends.
     fn upgrade(
         &self,
         mut req: Request<HyperBody>,
@@ -266,6 +395,7 @@ impl TunnelServer {
         identity: Result<String, String>,
         tracker: TaskTracker,
         stop: CancellationToken,
+        connection: Arc<OwnedSemaphorePermit>,
     ) -> Response<Full<Bytes>> {
         let accepted = match self.check(&req, peer, identity) {
             Ok(accepted) => accepted,
@@ -308,6 +438,7 @@ impl TunnelServer {
                         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), Bytes::new()),
                     };
                 server.run_session(io, accepted, leftover, stop).await;
+                drop(connection);
             }
             .instrument(span),
         );
@@ -465,6 +596,18 @@ impl TunnelServer {
             accept_key,
         })
     }
+}
+
+/// What the accept loop hands a connection's task: its queueing deadline and its slots.
+struct Admitted {
+    /// `accept` plus [`QUEUE_WAIT_TIMEOUTS`] handshake timeouts.
+    queued_until: Instant,
+    /// Its source's count, given back when the handshake ends.
+    source: SourceSlot,
+    /// Where it waits for a handshake slot.
+    admission: Arc<Admission>,
+    /// Its place among the connections, held by the session until it ends.
+    connection: Arc<OwnedSemaphorePermit>,
 }
 
 struct Accepted {
