@@ -101,11 +101,15 @@ async fn edge_via(world: &World, server: SocketAddr, kubelet: SocketAddr, args: 
         .trim()
         .strip_prefix("edgestream admin=")
         .and_then(|a| a.parse().ok());
-    process.wait_line("edgestream connected").await.unwrap();
+    let connected = process.wait_line("edgestream connected").await.unwrap();
     Edge {
         process,
         node: "edge-1".into(),
         admin,
+        dialect: connected
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dialect="))
+            .map(str::to_owned),
     }
 }
 
