@@ -23,8 +23,8 @@
 //! Knobs (environment): `TETHER_STORM_SESSIONS` (edges, default 10000, capped by the fd
 //! limit), `TETHER_STORM_LIMITS` (comma-separated `maxHandshakes` per round, default
 //! `512,20000`), `TETHER_STORM_FLOOD` (idle connections, default 10000; 0 skips),
-//! `TETHER_BENCH_LOG` (RUST_LOG of cloudstream, default `info`). Numbers are reported, never
-//! asserted.
+//! `TETHER_BENCH_LOG` (RUST_LOG of cloudstream, default `info`), `TETHER_STORM_KEEP` (set: keep
+//! the clouds' logs and print where). Numbers are reported, never asserted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -191,6 +191,30 @@ fn refusals(text: &str) -> String {
     })
     .collect::<Vec<_>>()
     .join(", ")
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` of `name` (cumulative
+/// `_bucket{le="…"}` series), in milliseconds.
+fn bucket_quantile_ms(text: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix.as_str())?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= total * q && total > 0.0)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0)
 }
 
 /// User + system CPU seconds of a process so far.
@@ -463,6 +487,15 @@ async fn restart_round(
         refusals(&text),
         vm_rss_mib(cloud.pid()),
     )?;
+    // Pings of the sessions already back, sampled every 5 s by the cloud while the others were
+    // still arriving: do running sessions starve while handshakes take the CPU?
+    writeln!(
+        out,
+        "- ping round trips of sessions already back, during the storm ({} samples): p50 ≤ {} ms, p99 ≤ {} ms (histogram bucket bounds)",
+        metric(&text, "tether_ping_rtt_seconds_count"),
+        bucket_quantile_ms(&text, "tether_ping_rtt_seconds", 0.5),
+        bucket_quantile_ms(&text, "tether_ping_rtt_seconds", 0.99),
+    )?;
     writeln!(
         out,
         "- edges: {failed_dials} failed dials during the storm (refused while the cloud was down, or timed out), edges' CPU {edge_cpu:.2} s; cloud log lines with ERROR/panicked: {} + {}",
@@ -668,8 +701,9 @@ async fn run() -> Result<()> {
             Err(e) => println!("FAILED: {e:#}"),
         }
     }
-    println!("\nlogs in {} (kept)", world.dir.path().display());
-    // Keep the logs for reading after the run.
-    let _ = world.dir.keep();
+    if std::env::var_os("TETHER_STORM_KEEP").is_some() {
+        println!("\nlogs in {} (kept)", world.dir.path().display());
+        let _ = world.dir.keep();
+    }
     Ok(())
 }
