@@ -372,15 +372,31 @@ pub struct Tolerance {
     pub rss: u64,
 }
 
-/// A process under observation: its pid and admin port.
-#[derive(Debug, Clone, Copy)]
+/// A process under observation: its pid, admin port and log.
+#[derive(Debug, Clone)]
 pub struct Probe {
-    pub name: &'static str,
+    /// `cloudstream`, or `edgestream <node>`.
+    pub name: String,
+    /// Its process id, for `/proc` readings.
     pub pid: u32,
+    /// Its admin listener, for `/metrics`.
     pub admin: SocketAddr,
+    /// Its log file, shown when it does not settle.
+    pub log: PathBuf,
 }
 
 impl Probe {
+    /// The last lines of the process's log, enough to see why it did not settle.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- {} log (last lines) ---\n{}",
+            self.name,
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        )
+    }
+
     /// Reads everything once. File descriptors are counted before the scrape, whose own
     /// connection would otherwise be counted.
     pub async fn read(&self) -> Result<Readings> {
@@ -419,7 +435,7 @@ impl Probe {
     }
 
     /// Waits until the readings are back to `baseline` within `tolerance`, polling until
-    /// `within` is over; fails with the last reading.
+    /// `within` is over; fails with the last reading and the log's tail.
     pub async fn wait_flat(
         &self,
         baseline: Readings,
@@ -439,9 +455,10 @@ impl Probe {
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "{} is not back to its baseline after {within:?}:\n  baseline {baseline}\n  now      {now}\n  (rss slack {:.1} MiB)",
+                    "{} is not back to its baseline after {within:?}:\n  baseline {baseline}\n  now      {now}\n  (rss slack {:.1} MiB)\n{}",
                     self.name,
-                    tolerance.rss as f64 / f64::from(1 << 20)
+                    tolerance.rss as f64 / f64::from(1 << 20),
+                    self.log_tail()
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -530,11 +547,12 @@ impl Cloud {
     /// What to observe of this cloud; it must have been started with `--admin-addr`.
     pub fn probe(&self) -> Result<Probe> {
         Ok(Probe {
-            name: "cloudstream",
+            name: "cloudstream".into(),
             pid: self.process.pid()?,
             admin: self
                 .admin
                 .context("cloudstream was started without --admin-addr")?,
+            log: self.process.log.clone(),
         })
     }
 }
@@ -592,11 +610,12 @@ impl Edge {
     /// What to observe of this edge; it must have been started with `--admin-addr`.
     pub fn probe(&self) -> Result<Probe> {
         Ok(Probe {
-            name: "edgestream",
+            name: format!("edgestream {}", self.node),
             pid: self.process.pid()?,
             admin: self
                 .admin
                 .context("edgestream was started without --admin-addr")?,
+            log: self.process.log.clone(),
         })
     }
 
