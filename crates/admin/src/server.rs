@@ -189,8 +189,29 @@ impl Endpoints {
                 }
             },
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/readyz" => {
+                let (status, verdict) = if self.readiness.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                };
+                match self.readiness.detail() {
+                    None => text(
+                        status,
+                        if status == StatusCode::OK {
+                            "ready\n"
+                        } else {
+                            "not ready\n"
+                        },
+                    ),
+                    Some(detail) => {
+                        let mut response = text(status, "");
+                        *response.body_mut() =
+                            Full::new(Bytes::from(format!("{verdict}\n{detail}\n")));
+                        response
+                    }
+                }
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
