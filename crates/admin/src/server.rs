@@ -46,7 +46,8 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 ///
 /// - `GET /metrics`: 200, every family of `metrics` as OpenMetrics text.
 /// - `GET /healthz`: 200 `ok` while the process runs.
-/// - `GET /readyz`: 200 `ready` or 503 `not ready`, from `readiness`.
+/// - `GET /readyz`: 200 `ready` or 503 `not ready`, from `readiness`, followed by its detail
+///   line when it has one.
 /// - `HEAD` is answered like `GET` without a body; other methods get 405, other paths 404.
 ///
 /// On shutdown it stops accepting at once, lets open connections finish their current

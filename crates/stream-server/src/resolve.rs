@@ -13,7 +13,10 @@
 //!    never matters;
 //! 3. `Host` / `:authority` (a node name or IP).
 //!
-//! Node-level paths (stats, metrics) use 1 then 3. A lookup that fails (API unreachable)
+//! Node-level paths (stats, metrics) use 1 then 3. A connection opened for one node (an
+//! egress CONNECT, see [`crate::egress`]) always uses that node. Each node is looked up in
+//! this process's sessions first, then, with several replicas, in the replica directory,
+//! which may name another replica to forward to. A lookup that fails (API unreachable)
 //! falls through to `Host`; when that names no connected node either, the answer names both
 //! reasons.
 
