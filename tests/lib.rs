@@ -192,7 +192,11 @@ impl Process {
             .args(args)
             .env(
                 "RUST_LOG",
-                "info,tunnel_session=debug,stream_server=debug,edge_stream=debug",
+                // TETHER_TEST_RUST_LOG: another filter for the binaries (e.g. `trace` to follow
+                // every tunnel message while a benchmark runs).
+                std::env::var("TETHER_TEST_RUST_LOG").unwrap_or_else(|_| {
+                    "info,tunnel_session=debug,stream_server=debug,edge_stream=debug".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

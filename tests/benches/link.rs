@@ -125,6 +125,8 @@ async fn echoes(s: &Setup, via: Via, rounds: usize) -> Result<Vec<Duration>> {
     let (mut writer, mut reader) = session.split();
     let msg = [b'x'; 64];
     let mut times = Vec::with_capacity(rounds);
+    let trace = std::env::var_os("TETHER_BENCH_TRACE").is_some();
+    let started = Instant::now();
     for _ in 0..rounds {
         let t = Instant::now();
         writer.send_stdin(&msg).await?;
@@ -136,6 +138,13 @@ async fn echoes(s: &Setup, via: Via, rounds: usize) -> Result<Vec<Duration>> {
             }
         }
         times.push(t.elapsed());
+        if trace {
+            eprintln!(
+                "  echo at {:>7.3} s: {:.1} ms",
+                (t - started).as_secs_f64(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
     }
     times.sort();
     Ok(times)

@@ -87,7 +87,7 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
     if config.offer_tether2 {
         builder = builder
             .header(PROTOCOL_HEADER, PROTOCOL_TETHER2)
-            .header(WINDOW_HEADER, config.session.stream_window);
+            .header(WINDOW_HEADER, config.session.announced_window());
     }
     let request = builder
         .body(Empty::<Bytes>::new())

@@ -36,17 +36,19 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How a session behaves. Both ends of the tunnel use the same type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionConfig {
-    /// Bytes a stream may buffer on receipt; with tether/2 it is the credit window every
-    /// stream starts with (announced at the handshake), from which the window is then tuned
-    /// to the path: down to 64 KiB when the link is thin or the reader slow, up to
-    /// `max_stream_window` when the link is long and fast.
+    /// Bytes a stream may buffer on receipt. With tether/2 it is the window a stream starts
+    /// with while the session knows no rate on its path (and the most it starts with when it
+    /// does), from which the window is then tuned to the path: down to 64 KiB when the link
+    /// is thin or the reader slow, up to `max_stream_window` when the link is long and fast.
+    /// The handshake announces only [`SessionConfig::announced_window`] of it; the rest is
+    /// granted as each stream opens, from `session_window_budget`.
     pub stream_window: u32,
     /// The largest receive window of one stream (tether/2). Set it to `stream_window` to
     /// keep windows from growing.
     pub max_stream_window: u32,
-    /// Bytes of receive windows above `stream_window` that one session's streams may hold
-    /// together (tether/2): with `max_streams × stream_window`, what a peer can make one
-    /// session buffer.
+    /// Bytes of receive windows above the announced window that one session's streams may
+    /// hold together (tether/2): with `max_streams` × [`SessionConfig::announced_window`],
+    /// what a peer can make one session buffer.
     pub session_window_budget: u64,
     /// With a stock KubeEdge peer (no windows), how long the session reader waits for space
     /// in one stream's buffer before closing that stream.
@@ -92,6 +94,14 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
+    /// The per-stream window this end announces at the tether/2 handshake (the
+    /// `X-Tether-Window` header, [`SessionParams::peer_window`](crate::SessionParams) on the
+    /// other end): `stream_window`, but at most 64 KiB, so that no stream can flood a thin
+    /// link before its window is sized.
+    pub fn announced_window(&self) -> u32 {
+        crate::window::handshake_window(self.stream_window)
+    }
+
     /// Checks the values against each other; returns a description of the first problem.
     pub fn validate(&self) -> Result<(), String> {
         if self.stream_window < 1024 {

@@ -417,7 +417,7 @@ impl TunnelServer {
             headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(PROTOCOL_TETHER2));
             headers.insert(
                 WINDOW_HEADER,
-                HeaderValue::from(self.config.session.stream_window),
+                HeaderValue::from(self.config.session.announced_window()),
             );
         }
         let on_upgrade = hyper::upgrade::on(&mut req);

@@ -31,7 +31,7 @@ use crate::dialect::{Dialect, NodeIdentity, Role};
 use crate::error::{Error, Result};
 use crate::sched::Scheduler;
 use crate::stream::{ConnectKind, Push, Stream, StreamShared};
-use crate::window::{Limits, PathRtt, WindowBudget};
+use crate::window::{Limits, PathRtt, ReceiveWindow, WindowBudget};
 use crate::ws::{self, DataKind, FrameReader, OpCode, WsEvent, WsRole};
 
 /// DATA payloads below this size are copied out of the read buffer (see `dispatch`).
@@ -54,7 +54,8 @@ pub struct SessionParams {
     pub node: NodeIdentity,
     /// Tunables.
     pub config: SessionConfig,
-    /// The per-stream window the peer grants us (tether/2; ignored for KubeEdge).
+    /// The per-stream window the peer announced at the handshake (tether/2; ignored for
+    /// KubeEdge): its [`SessionConfig::announced_window`].
     pub peer_window: u32,
     /// Bytes already read past the HTTP handshake, which belong to the websocket.
     pub leftover: Bytes,
@@ -245,7 +246,8 @@ impl Shared {
     /// What a stream's receive window is tuned within.
     pub(crate) fn window_limits(&self) -> Limits {
         Limits {
-            initial: u64::from(self.config.stream_window),
+            initial: u64::from(self.config.announced_window()),
+            start: u64::from(self.config.stream_window),
             max: u64::from(self.config.max_stream_window),
         }
     }
@@ -292,12 +294,35 @@ impl Shared {
         self.idle.notify_waiters();
     }
 
-    fn register_stream(&self, id: ConnectId, kind: ConnectKind) -> Result<Arc<StreamShared>> {
-        let credit = match self.dialect {
-            Dialect::Tether2 => u64::from(self.peer_window),
-            Dialect::KubeEdge => u64::MAX,
+    /// Registers a new stream; with it, the credit to grant the peer beyond the handshake's
+    /// promise, which the caller sends once the peer knows the stream.
+    fn register_stream(
+        &self,
+        id: ConnectId,
+        kind: ConnectKind,
+    ) -> Result<(Arc<StreamShared>, Option<Message>)> {
+        let (credit, rwin, grant) = match self.dialect {
+            Dialect::Tether2 => {
+                let (rwin, grant) = ReceiveWindow::open(
+                    self.window_limits(),
+                    self.path_rtt(),
+                    &self.window_budget,
+                    tokio::time::Instant::now(),
+                );
+                let grant = grant.map(|increment| {
+                    let mut data = Vec::with_capacity(10);
+                    stream_proto::encode_window(increment, &mut data);
+                    Message::new(id, MessageType::Window, data)
+                });
+                (u64::from(self.peer_window), rwin, grant)
+            }
+            Dialect::KubeEdge => (
+                u64::MAX,
+                ReceiveWindow::new(u64::from(self.config.stream_window)),
+                None,
+            ),
         };
-        let shared = StreamShared::new(id, kind, credit, u64::from(self.config.stream_window));
+        let shared = StreamShared::new(id, kind, credit, rwin);
         let mut streams = lock(&self.streams);
         // Checked under the lock that `fail_all` drains under: a stream is either refused
         // here or failed there, never left behind in a dead session.
@@ -314,7 +339,7 @@ impl Shared {
         }
         streams.insert(id, shared.clone());
         self.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        Ok(shared)
+        Ok((shared, grant))
     }
 }
 
@@ -563,10 +588,16 @@ impl Session {
         }
         let id = ConnectId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         request.mess_id = id.0;
-        let stream_shared = shared.register_stream(id, kind)?;
+        let (stream_shared, grant) = shared.register_stream(id, kind)?;
         let stream = Stream::new(stream_shared, shared.clone());
         let msg = Message::new(id, kind.message_type(), request.to_json());
         if !shared.send_ordered(id, msg, false) {
+            return Err(Error::SessionClosed(shared.close_reason()));
+        }
+        // Behind the CONNECT: the peer ignores a WINDOW for a stream it does not know.
+        if let Some(grant) = grant
+            && !shared.send_ordered(id, grant, false)
+        {
             return Err(Error::SessionClosed(shared.close_reason()));
         }
         debug!(node = %shared.node.name, connect_id = %id, %kind, "stream opened");
@@ -968,7 +999,12 @@ fn accept_stream(shared: &Arc<Shared>, msg: Message, incoming: &mpsc::Sender<Box
         return refuse("this end is draining");
     }
     let stream_shared = match shared.register_stream(id, kind) {
-        Ok(s) => s,
+        Ok((s, grant)) => {
+            if let Some(grant) = grant {
+                shared.push_control(grant);
+            }
+            s
+        }
         Err(e) => return refuse(&e.to_string()),
     };
     let stream = Stream::new(stream_shared, shared.clone());

@@ -136,13 +136,13 @@ struct State {
 }
 
 impl StreamShared {
-    /// A stream that may send `credit` bytes and receive `window` bytes before the first
-    /// WINDOW message.
+    /// A stream that may send `credit` bytes before the peer's first WINDOW message and
+    /// receives within `rwin`.
     pub(crate) fn new(
         id: ConnectId,
         kind: ConnectKind,
         credit: u64,
-        window: u64,
+        rwin: ReceiveWindow,
     ) -> Arc<StreamShared> {
         Arc::new(StreamShared {
             id,
@@ -155,7 +155,7 @@ impl StreamShared {
                 credit,
                 write_waker: None,
                 send_end: None,
-                rwin: ReceiveWindow::new(window),
+                rwin,
                 open_result: None,
                 open_waker: None,
                 fin_sent: false,
@@ -663,7 +663,7 @@ impl Drop for Stream {
             st.detached = true;
             st.recv.clear();
             st.buffered = 0;
-            let initial = u64::from(self.session.config.stream_window);
+            let initial = self.session.window_limits().initial;
             st.rwin.release(&self.session.window_budget, initial);
             let both_done = st.fin_sent && matches!(st.recv_end, Some(End::Clean));
             let peer_gone = matches!(st.send_end, Some(End::Failed(_))) && !st.remove_received;

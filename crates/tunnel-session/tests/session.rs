@@ -40,7 +40,7 @@ fn pair(dialect: Dialect, config: SessionConfig) -> Pair {
         dialect,
         node: node.clone(),
         config: config.clone(),
-        peer_window: config.stream_window,
+        peer_window: config.announced_window(),
         leftover: Bytes::new(),
     };
     let (cloud, _, cloud_driver) = Session::establish(a, params(Role::Cloud));
