@@ -20,6 +20,7 @@
 //! - `ws` (private): the websocket frame layer, which carries non-UTF-8 TEXT frames.
 
 mod admission;
+mod batch;
 pub mod client;
 pub mod config;
 pub mod dialect;
