@@ -347,13 +347,18 @@ pub struct IncomingStream {
 /// The streams the peer opens (edge side). Ends when the session ends.
 #[derive(Debug)]
 pub struct Incoming {
-    rx: mpsc::Receiver<Box<IncomingStream>>,
+    /// `None` on the cloud, where the peer opens nothing: no channel is allocated for it
+    /// (its first block and state cost every idle session about 700 bytes).
+    rx: Option<mpsc::Receiver<Box<IncomingStream>>>,
 }
 
 impl Incoming {
     /// The next stream the cloud opened, or `None` once the session is over.
     pub async fn accept(&mut self) -> Option<IncomingStream> {
-        self.rx.recv().await.map(|boxed| *boxed)
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await.map(|boxed| *boxed),
+            None => None,
+        }
     }
 }
 
@@ -361,7 +366,7 @@ impl Incoming {
 pub struct SessionDriver {
     io: Box<dyn Io>,
     shared: Arc<Shared>,
-    incoming_tx: mpsc::Sender<Box<IncomingStream>>,
+    incoming_tx: Option<mpsc::Sender<Box<IncomingStream>>>,
     leftover: Bytes,
 }
 
@@ -396,7 +401,13 @@ impl Session {
         let budget = Arc::new(Semaphore::new(params.config.write_queue));
         // Every stream waiting to be accepted is also registered, so `max_streams` bounds
         // this queue; a burst of connects never overflows it.
-        let (incoming_tx, rx) = mpsc::channel(params.config.max_streams);
+        let (incoming_tx, rx) = match params.role {
+            Role::Edge => {
+                let (tx, rx) = mpsc::channel(params.config.max_streams);
+                (Some(tx), Some(rx))
+            }
+            Role::Cloud => (None, None),
+        };
         let window_budget = params.config.session_window_budget;
         let shared = Arc::new(Shared {
             role: params.role,
@@ -598,7 +609,7 @@ impl SessionDriver {
             .store(shared.now_micros(), Ordering::Relaxed);
 
         let result = tokio::select! {
-            r = read_loop(&shared, &mut reader, &incoming_tx) => r,
+            r = read_loop(&shared, &mut reader, incoming_tx.as_ref()) => r,
             r = write_loop(&mut write_half, &shared, ws_role) => r,
             r = watchdog(&shared) => r,
             () = shared.cancel.cancelled() => Ok(()),
@@ -727,7 +738,7 @@ fn encode_message(out: &mut Batch, role: WsRole, opcode: OpCode, msg: Message) {
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     reader: &mut FrameReader<R>,
-    incoming: &mpsc::Sender<Box<IncomingStream>>,
+    incoming: Option<&mpsc::Sender<Box<IncomingStream>>>,
 ) -> Result<()> {
     loop {
         let Some(event) = reader.next().await? else {
@@ -777,7 +788,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn dispatch(
     shared: &Arc<Shared>,
     msg: Message,
-    incoming: &mpsc::Sender<Box<IncomingStream>>,
+    incoming: Option<&mpsc::Sender<Box<IncomingStream>>>,
 ) -> Result<()> {
     let id = msg.connect_id;
     trace!(node = %shared.node.name, connect_id = %id, kind = %msg.kind, len = msg.data.len(), "received");
@@ -841,7 +852,9 @@ async fn dispatch(
             )));
         }
         kind if kind.is_connect() && shared.role == Role::Edge => {
-            accept_stream(shared, msg, incoming);
+            if let Some(incoming) = incoming {
+                accept_stream(shared, msg, incoming);
+            }
         }
         other => {
             // KubeEdge peers ignore what they do not know; so do we.

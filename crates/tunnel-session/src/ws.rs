@@ -46,9 +46,10 @@ pub(crate) enum WsEvent {
     Close,
 }
 
-/// Room for the next read while the tunnel is quiet: pings and small messages fit, and an
-/// idle session (thousands share one process) holds no more than this.
-const IDLE_READ: usize = 1024;
+/// Room for the next read while the tunnel is quiet: pings (at most 139 bytes framed) and
+/// small messages fit, and an idle session (thousands share one process) holds no more than
+/// this. A larger message makes the reader busy, and the buffer grows for it.
+const IDLE_READ: usize = 256;
 /// Room for the next read while data is flowing (the last read filled the room it had).
 const BUSY_READ: usize = 64 * 1024;
 /// Room beyond [`BUSY_READ`] so that a frame of a 64 KiB DATA chunk (the default largest)
