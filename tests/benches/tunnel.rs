@@ -20,7 +20,9 @@
 //! (repetitions per bulk measurement, median reported, default 3), `TETHER_BENCH_RTT`
 //! (round trips, default 2000), `TETHER_BENCH_SESSIONS` (idle sessions, default 10000, capped
 //! by the fd limit; 0 skips), `TETHER_BENCH_SESSION_ROUNDS` (default 2), `TETHER_BENCH_LOG` (RUST_LOG of the binaries, default `info`),
-//! `TETHER_BENCH_ONLY` (comma-separated scenario numbers, e.g. `1,3`); scenario 7 (many
+//! `TETHER_BENCH_ONLY` (comma-separated scenario numbers, e.g. `1,3`),
+//! `TETHER_BENCH_SESSION_DIALECTS` (scenario 6's edges: `kubeedge` dials as a stock edgecore,
+//! `tether2` offers tether/2; default both, one fresh cloudstream each); scenario 7 (many
 //! streams on one session, with and without a stalled reader) takes `TETHER_BENCH_STREAMS`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -312,11 +314,24 @@ struct Bench {
 
 struct CpuRow {
     what: String,
+    via: Via,
     cloud: f64,
     edge: f64,
     bench: f64,
     machine: f64,
     wall: Duration,
+    /// Payload bytes moved by the measured runs (not the warm-up).
+    bytes: u64,
+    /// CPU seconds over those runs: cloudstream, edgestream, this process (client + kubelet),
+    /// the whole machine.
+    secs: [f64; 4],
+}
+
+impl CpuRow {
+    /// CPU seconds per GB (10⁹ payload bytes) of `secs`.
+    fn per_gb(&self, secs: f64) -> f64 {
+        secs / (self.bytes as f64 / 1e9)
+    }
 }
 
 async fn tls_nodelay(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<BoxIo> {
@@ -368,24 +383,40 @@ impl Bench {
         let busy_before = machine_busy_ticks();
         let started = Instant::now();
         let mut rates = Vec::new();
+        let mut moved = 0;
         for _ in 0..self.runs {
             let t = Instant::now();
             match with_stall(f(self.bulk)).await {
-                Ok(bytes) => rates.push(bytes as f64 / t.elapsed().as_secs_f64() / MB),
+                Ok(bytes) => {
+                    moved += bytes;
+                    rates.push(bytes as f64 / t.elapsed().as_secs_f64() / MB);
+                }
                 Err(e) => return Cell::Fail(format!("{e:#}")),
             }
         }
         let wall = started.elapsed();
         let after: Vec<u64> = pids.iter().map(|p| cpu_ticks(p)).collect();
-        let busy = (machine_busy_ticks() - busy_before) as f64 / wall.as_secs_f64();
-        let pct = |i: usize| (after[i] - before[i]) as f64 / 100.0 / wall.as_secs_f64() * 100.0;
+        let busy_ticks = machine_busy_ticks() - busy_before;
+        let busy = busy_ticks as f64 / wall.as_secs_f64();
+        // USER_HZ is 100 on Linux.
+        let secs = |i: usize| (after[i] - before[i]) as f64 / 100.0;
+        let pct = |i: usize| secs(i) / wall.as_secs_f64() * 100.0;
+        let tunnel = via == Via::Tunnel;
         self.cpu.lock().unwrap().push(CpuRow {
-            what: format!("{what} ({})", via_name(via)),
-            cloud: if via == Via::Tunnel { pct(0) } else { 0.0 },
-            edge: if via == Via::Tunnel { pct(1) } else { 0.0 },
+            what: what.to_owned(),
+            via,
+            cloud: if tunnel { pct(0) } else { 0.0 },
+            edge: if tunnel { pct(1) } else { 0.0 },
             bench: pct(2),
             machine: busy,
             wall,
+            bytes: moved,
+            secs: [
+                if tunnel { secs(0) } else { 0.0 },
+                if tunnel { secs(1) } else { 0.0 },
+                secs(2),
+                busy_ticks as f64 / 100.0,
+            ],
         });
         rates.sort_by(f64::total_cmp);
         eprintln!(
@@ -743,9 +774,16 @@ async fn hold_round(pid: u32, base_fds: usize, configs: &[DialConfig]) -> Result
 
 /// Scenario 6: idle sessions held by one fresh cloudstream, twice; the second round tells
 /// allocator retention (the peak does not grow) from a leak (it does).
-async fn idle_sessions(world: &World, k: usize) -> Result<String> {
+///
+/// `stock` dials as a stock KubeEdge edgecore does (no tether/2 offer: the kubeedge dialect).
+async fn idle_sessions(world: &World, k: usize, stock: bool) -> Result<String> {
     use std::fmt::Write as _;
-    let mut cloud = start_cloud(world, "cloudstream-sessions.log").await?;
+    let log = if stock {
+        "cloudstream-sessions-kubeedge.log"
+    } else {
+        "cloudstream-sessions-tether2.log"
+    };
+    let mut cloud = start_cloud(world, log).await?;
     let pid = cloud.bin.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base_rss = vm_rss_kib(pid);
@@ -766,7 +804,7 @@ async fn idle_sessions(world: &World, k: usize) -> Result<String> {
             },
             handshake_timeout: Duration::from_secs(60),
             session: SessionConfig::default(),
-            offer_tether2: true,
+            offer_tether2: !stock,
         });
     }
     let certs = t.elapsed();
@@ -802,7 +840,7 @@ async fn idle_sessions(world: &World, k: usize) -> Result<String> {
         }
         writeln!(
             out,
-            "  with the sessions: VmRSS {} KiB, {} fds => {per:.1} KiB per session (target ≤ 16 KiB; KubeEdge 52–56 KiB)",
+            "  with the sessions: VmRSS {} KiB, {} fds => {per:.1} KiB per session (target ≤ 12 KiB; KubeEdge ~55 KiB)",
             r.with_rss, r.with_fds
         )?;
         writeln!(
@@ -948,6 +986,48 @@ fn print_table(rows: &[Row]) {
                 println!("FAILED {} via {}: {e}", r.scenario, via_name(*via));
             }
         }
+    }
+}
+
+/// CPU seconds per GB moved, per bulk measurement: what the tunnel's two processes cost beside
+/// what the client and the kubelet cost on each path (they share this process; on the direct
+/// paths they are all there is).
+fn print_cpu_per_gb(cpu: &[CpuRow]) {
+    println!();
+    println!(
+        "CPU seconds per GB moved (utime + stime from /proc/<pid>/stat over the measured runs; \
+         target for cloudstream + edgestream ≤ 1.2, KubeEdge 55):"
+    );
+    println!(
+        "| measurement | client + kubelet, direct TCP | client + kubelet, direct TLS | client + kubelet, tunnel | cloudstream | edgestream | **cloudstream + edgestream** | whole machine, direct TLS / tunnel |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut names: Vec<&str> = Vec::new();
+    for c in cpu {
+        if !names.contains(&c.what.as_str()) {
+            names.push(&c.what);
+        }
+    }
+    for name in names {
+        let find = |via: Via| cpu.iter().find(|c| c.what == name && c.via == via);
+        let show = |row: Option<&CpuRow>, i: usize| {
+            row.map_or("-".to_owned(), |c| format!("{:.2}", c.per_gb(c.secs[i])))
+        };
+        let tunnel = find(Via::Tunnel);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | **{}** | {} / {} |",
+            show(find(Via::Direct), 2),
+            show(find(Via::DirectTls), 2),
+            show(tunnel, 2),
+            show(tunnel, 0),
+            show(tunnel, 1),
+            tunnel.map_or("-".to_owned(), |c| format!(
+                "{:.2}",
+                c.per_gb(c.secs[0] + c.secs[1])
+            )),
+            show(find(Via::DirectTls), 3),
+            show(tunnel, 3),
+        );
     }
 }
 
@@ -1224,8 +1304,9 @@ async fn run() -> Result<()> {
         println!("|---|---|---|---|---|---|");
         for c in &cpu {
             println!(
-                "| {} | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {:.1} s |",
+                "| {} ({}) | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {:.1} s |",
                 c.what,
+                via_name(c.via),
                 c.cloud,
                 c.edge,
                 c.bench,
@@ -1233,6 +1314,7 @@ async fn run() -> Result<()> {
                 c.wall.as_secs_f64()
             );
         }
+        print_cpu_per_gb(&cpu);
     }
     if want(7) {
         let streams = env_num("TETHER_BENCH_STREAMS", 1000) as usize;
@@ -1298,11 +1380,22 @@ async fn run() -> Result<()> {
     let sessions = env_num("TETHER_BENCH_SESSIONS", 10_000) as usize;
     if want(6) && sessions > 0 {
         let k = sessions.min((fd_limit as usize).saturating_sub(500));
-        println!();
-        println!("6. idle edge sessions on one fresh cloudstream (fd limit {fd_limit}):");
-        match idle_sessions(&b.world, k).await {
-            Ok(text) => print!("{text}"),
-            Err(e) => println!("FAILED: {e:#}"),
+        let dialects = std::env::var("TETHER_BENCH_SESSION_DIALECTS")
+            .unwrap_or_else(|_| "kubeedge,tether2".into());
+        for dialect in dialects.split(',').map(str::trim) {
+            let stock = match dialect {
+                "kubeedge" => true,
+                "tether2" => false,
+                other => bail!("TETHER_BENCH_SESSION_DIALECTS: unknown dialect {other:?}"),
+            };
+            println!();
+            println!(
+                "6. idle edge sessions ({dialect}) on one fresh cloudstream (fd limit {fd_limit}):"
+            );
+            match idle_sessions(&b.world, k, stock).await {
+                Ok(text) => print!("{text}"),
+                Err(e) => println!("FAILED: {e:#}"),
+            }
         }
     }
     Ok(())

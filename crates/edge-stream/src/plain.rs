@@ -201,7 +201,8 @@ pub(crate) async fn serve(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let wire: &[u8] = match encoder.as_mut() {
+        let len = data.len() as u64;
+        let sent = match encoder.as_mut() {
             Some((encoder, _)) => {
                 encoded.clear();
                 if let Err(e) = encoder.encode(&data, &mut encoded) {
@@ -209,15 +210,16 @@ pub(crate) async fn serve(
                     stream.reset(ResetCode::Internal, &format!("compressing the body: {e}"));
                     return Ok(Finish::CloudClosed);
                 }
-                &encoded
+                stream.write_all(&encoded).await
             }
-            None => &data,
+            // hyper's buffer goes out as the DATA message's, not copied first.
+            None => stream.halves().1.write_chunk(data).await,
         };
-        if let Err(e) = stream.write_all(wire).await {
+        if let Err(e) = sent {
             debug!(error = %e, "the cloud stopped taking the response body");
             return Ok(Finish::CloudClosed);
         }
-        tally.to_cloud += data.len() as u64;
+        tally.to_cloud += len;
     }
     finish(&mut stream).await.map_err(Error::Stream)?;
     Ok(Finish::Completed)

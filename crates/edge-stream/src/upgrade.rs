@@ -14,7 +14,8 @@ use std::fmt::Write as _;
 use std::io;
 
 use stream_proto::{ConnectRequest, HeaderMap, OpenResult};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tunnel_session::pump::{self, PumpError};
 use tunnel_session::{Dialect, Stream};
 
 use crate::error::Error;
@@ -22,10 +23,6 @@ use crate::headers::forwarded;
 use crate::kubelet::{Kubelet, KubeletIo};
 use crate::route::Refusal;
 use crate::serve::{Finish, Tally, refuse};
-
-/// Read buffer per direction. Bulk copies (`kubectl cp`) move 64 KiB per tunnel message,
-/// the session's default largest DATA payload.
-const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Go's default `User-Agent`, sent when the apiserver forwarded none (as a stock edge does).
 const GO_USER_AGENT: &str = "Go-http-client/1.1";
@@ -115,42 +112,17 @@ pub(crate) fn request_head(
     head.into_bytes()
 }
 
-/// Which end of a one-way copy failed.
-enum PumpError {
-    Read(io::Error),
-    Write(io::Error),
-}
-
-/// Copies `from` into `to` until end of file, then shuts `to` down (half-close); counts what
-/// went through.
-async fn pump<R, W>(from: &mut R, to: &mut W, count: &mut u64) -> Result<(), PumpError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; RELAY_BUFFER];
-    loop {
-        let n = from.read(&mut buf).await.map_err(PumpError::Read)?;
-        if n == 0 {
-            // Passing the end of file on is best effort: a peer that is already gone
-            // cannot be told, and this direction is over either way.
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        to.write_all(&buf[..n]).await.map_err(PumpError::Write)?;
-        // TLS holds written records until flushed; plain TCP and the stream flush for free.
-        to.flush().await.map_err(PumpError::Write)?;
-        *count += n as u64;
-    }
-}
-
 /// Relays raw bytes between the stream and the kubelet until the exchange is over.
-async fn relay(stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Result<Finish, Error> {
+///
+/// Both directions copy without a buffer in between (`tunnel_session::pump`): received data
+/// goes to the kubelet in the buffers it arrived in, and what the kubelet sends becomes the
+/// DATA messages' buffers.
+async fn relay(mut stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Result<Finish, Error> {
     let half_close = stream.dialect() == Dialect::Tether2;
-    let (mut cloud_rx, mut cloud_tx) = tokio::io::split(stream);
+    let (mut cloud_rx, mut cloud_tx) = stream.halves();
     let (mut kubelet_rx, mut kubelet_tx) = tokio::io::split(kubelet);
     let up = async {
-        pump(&mut cloud_rx, &mut kubelet_tx, &mut tally.to_kubelet)
+        pump::from_stream(&mut cloud_rx, &mut kubelet_tx, &mut tally.to_kubelet)
             .await
             .map_err(|e| match e {
                 // The cloud reset the stream, or the session died: the client is gone.
@@ -162,7 +134,7 @@ async fn relay(stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Result<
             })
     };
     let down = async {
-        pump(&mut kubelet_rx, &mut cloud_tx, &mut tally.to_cloud)
+        pump::into_stream(&mut kubelet_rx, &mut cloud_tx, &mut tally.to_cloud)
             .await
             .map_err(|e| match e {
                 PumpError::Read(source) => Some(Error::Relay {
@@ -290,19 +262,5 @@ mod tests {
         assert!(!text.contains("X-Nul"));
         assert_eq!(text.matches("Host:").count(), 2);
         assert!(!text.contains("lower-case"));
-    }
-
-    #[tokio::test]
-    async fn pump_counts_and_shuts_down() {
-        let (mut a, mut b) = tokio::io::duplex(1024);
-        let (mut c, mut d) = tokio::io::duplex(1024);
-        a.write_all(b"hello").await.unwrap();
-        a.shutdown().await.unwrap();
-        let mut count = 0;
-        assert!(pump(&mut b, &mut c, &mut count).await.is_ok());
-        assert_eq!(count, 5);
-        let mut out = Vec::new();
-        d.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"hello");
     }
 }

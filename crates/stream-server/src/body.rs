@@ -10,10 +10,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::sync::Arc;
-use tokio_util::io::poll_read_buf;
 
 use tunnel_session::Stream;
 
@@ -26,7 +25,6 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 pub(crate) struct TunnelBody {
     prefix: Option<Bytes>,
     stream: Option<Stream>,
-    buf: BytesMut,
     /// Bytes still expected when the length is known (Content-Length); `None` = until EOF.
     remaining: Option<u64>,
     /// Counts what passes and reports the stream's end when the body is dropped.
@@ -45,7 +43,6 @@ impl TunnelBody {
         TunnelBody {
             prefix: (!prefix.is_empty()).then_some(prefix),
             stream: Some(stream),
-            buf: BytesMut::new(),
             remaining: length,
             record,
             decoder: None,
@@ -96,18 +93,16 @@ impl Body for TunnelBody {
             let Some(stream) = this.stream.as_mut() else {
                 return Poll::Ready(None);
             };
-            if this.buf.capacity() < READ_CHUNK {
-                this.buf.reserve(READ_CHUNK);
-            }
-            let data = match poll_read_buf(Pin::new(stream), cx, &mut this.buf) {
+            // The stream's own buffers become the body's frames: no copy.
+            let data = match stream.halves().0.poll_read_chunk(cx, READ_CHUNK) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.stream = None;
                     this.record.mark_cut();
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Ok(0)) => return Poll::Ready(this.end()),
-                Poll::Ready(Ok(_)) => this.buf.split().freeze(),
+                Poll::Ready(Ok(None)) => return Poll::Ready(this.end()),
+                Poll::Ready(Ok(Some(data))) => data,
             };
             let data = match this.decoder.as_mut() {
                 None => data,

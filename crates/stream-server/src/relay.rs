@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info_span, warn};
 use tunnel_session::{Dialect, SessionDirectory, Stream};
 
-use crate::body::{READ_CHUNK, TunnelBody};
+use crate::body::TunnelBody;
 use crate::forward::{Forwarding, HOP_HEADER, NODE_HEADER};
 use crate::identity::ClientIdentity;
 use crate::observe::{RelayObserver, StreamRecord};
@@ -415,13 +415,8 @@ impl Relay {
                         if !leftover.is_empty() {
                             client.write_all(&leftover).await?;
                         }
-                        tokio::io::copy_bidirectional_with_sizes(
-                            &mut client,
-                            &mut stream,
-                            READ_CHUNK,
-                            READ_CHUNK,
-                        )
-                        .await
+                        // Received data goes to the client in the buffers it arrived in.
+                        tunnel_session::pump::bridge(&mut stream, &mut client).await
                     };
                     let result = tokio::select! {
                         r = bridge => r,

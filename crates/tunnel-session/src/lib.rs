@@ -20,10 +20,12 @@
 //! - `ws` (private): the websocket frame layer, which carries non-UTF-8 TEXT frames.
 
 mod admission;
+mod batch;
 pub mod client;
 pub mod config;
 pub mod dialect;
 pub mod error;
+pub mod pump;
 pub mod registry;
 mod sched;
 pub mod server;
@@ -41,4 +43,4 @@ pub use dialect::{Dialect, NodeIdentity, Role};
 pub use error::{Error, Result};
 pub use registry::{NodeKey, Registry, SessionDirectory};
 pub use session::{Incoming, IncomingStream, Session, SessionDriver, SessionParams, SessionStats};
-pub use stream::{ConnectKind, Stream};
+pub use stream::{ConnectKind, Stream, StreamReader, StreamWriter};

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use stream_proto::{ConnectId, ConnectRequest, Message, MessageType, OpenResult, Reset, ResetCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
+use crate::batch::Batch;
 use crate::config::SessionConfig;
 use crate::dialect::{Dialect, NodeIdentity, Role};
 use crate::error::{Error, Result};
@@ -371,13 +372,18 @@ pub struct IncomingStream {
 /// The streams the peer opens (edge side). Ends when the session ends.
 #[derive(Debug)]
 pub struct Incoming {
-    rx: mpsc::Receiver<Box<IncomingStream>>,
+    /// `None` on the cloud, where the peer opens nothing: no channel is allocated for it
+    /// (its first block and state cost every idle session about 700 bytes).
+    rx: Option<mpsc::Receiver<Box<IncomingStream>>>,
 }
 
 impl Incoming {
     /// The next stream the cloud opened, or `None` once the session is over.
     pub async fn accept(&mut self) -> Option<IncomingStream> {
-        self.rx.recv().await.map(|boxed| *boxed)
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await.map(|boxed| *boxed),
+            None => None,
+        }
     }
 }
 
@@ -385,7 +391,7 @@ impl Incoming {
 pub struct SessionDriver {
     io: Box<dyn Io>,
     shared: Arc<Shared>,
-    incoming_tx: mpsc::Sender<Box<IncomingStream>>,
+    incoming_tx: Option<mpsc::Sender<Box<IncomingStream>>>,
     leftover: Bytes,
 }
 
@@ -420,7 +426,13 @@ impl Session {
         let budget = Arc::new(Semaphore::new(params.config.write_queue));
         // Every stream waiting to be accepted is also registered, so `max_streams` bounds
         // this queue; a burst of connects never overflows it.
-        let (incoming_tx, rx) = mpsc::channel(params.config.max_streams);
+        let (incoming_tx, rx) = match params.role {
+            Role::Edge => {
+                let (tx, rx) = mpsc::channel(params.config.max_streams);
+                (Some(tx), Some(rx))
+            }
+            Role::Cloud => (None, None),
+        };
         let window_budget = params.config.session_window_budget;
         let shared = Arc::new(Shared {
             role: params.role,
@@ -628,7 +640,7 @@ impl SessionDriver {
             .store(shared.now_micros(), Ordering::Relaxed);
 
         let result = tokio::select! {
-            r = read_loop(&shared, &mut reader, &incoming_tx) => r,
+            r = read_loop(&shared, &mut reader, incoming_tx.as_ref()) => r,
             r = write_loop(&mut write_half, &shared, ws_role) => r,
             r = watchdog(&shared) => r,
             () = shared.cancel.cancelled() => Ok(()),
@@ -688,7 +700,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     // stream's queue runs dry after every frame); released once a ping interval passes
     // without a stream message, and at once after writing only pings and pongs, so an idle
     // session holds no write buffer.
-    let mut out = BytesMut::new();
+    let mut out = Batch::default();
     let mut wrote = false;
     let period = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
@@ -716,70 +728,48 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let mut q = lock(&shared.control);
                 if std::mem::take(&mut q.ping) {
                     let now = shared.now_micros().max(1);
-                    ws::encode_frame(&mut out, role, ws::PING, &[&now.to_be_bytes()]);
+                    out.push(role, ws::PING, &now.to_be_bytes(), Bytes::new());
                     shared.ping_in_flight.store(now, Ordering::Relaxed);
                 }
                 if let Some(pong) = q.pong.take() {
-                    ws::encode_frame(&mut out, role, ws::PONG, &[&pong]);
+                    out.push(role, ws::PONG, &[], pong);
                 }
                 while let Some(msg) = q.messages.pop_front() {
-                    encode_message(&mut out, role, opcode, &msg);
+                    encode_message(&mut out, role, opcode, msg);
                 }
             }
             while out.len() < WRITE_BATCH {
                 let Some(o) = shared.sched.pop() else { break };
                 wrote = true;
-                encode_message(&mut out, role, opcode, &o.msg);
                 if o.budgeted {
                     shared.budget.add_permits(1);
                 }
+                encode_message(&mut out, role, opcode, o.msg);
             }
             if out.is_empty() {
                 break;
             }
-            write_all(io, shared, &out).await?;
-            out.clear();
+            out.write_to(io, shared.config.write_deadline).await?;
         }
         if !wrote {
-            out = BytesMut::new();
+            out.release();
         }
     }
 }
 
-/// Writes and flushes `buf`. The deadline is for progress, not for the whole buffer: a slow
-/// uplink that keeps taking bytes is alive; one that takes none for `write_deadline` is not.
-async fn write_all<W: AsyncWrite + Unpin>(io: &mut W, shared: &Shared, buf: &[u8]) -> Result<()> {
-    let deadline = shared.config.write_deadline;
-    let stuck = || Error::Timeout("writing to the tunnel: the peer does not read");
-    let mut written = 0;
-    while written < buf.len() {
-        match tokio::time::timeout(deadline, io.write(&buf[written..])).await {
-            Ok(Ok(0)) => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
-            Ok(Ok(n)) => written += n,
-            Ok(Err(e)) => return Err(Error::Io(e)),
-            Err(_) => return Err(stuck()),
-        }
-    }
-    match tokio::time::timeout(deadline, io.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(Error::Io(e)),
-        Err(_) => Err(stuck()),
-    }
-}
-
-fn encode_message(out: &mut BytesMut, role: WsRole, opcode: OpCode, msg: &Message) {
+fn encode_message(out: &mut Batch, role: WsRole, opcode: OpCode, msg: Message) {
     let mut header = [0u8; Message::MAX_HEADER_LEN];
     let mut free = &mut header[..];
     Message::encode_header(msg.connect_id, msg.kind, &mut free);
     let used = Message::MAX_HEADER_LEN - free.len();
-    ws::encode_frame(out, role, opcode, &[&header[..used], &msg.data]);
     trace!(connect_id = %msg.connect_id, kind = %msg.kind, len = msg.data.len(), "sent");
+    out.push(role, opcode, &header[..used], msg.data);
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Arc<Shared>,
     reader: &mut FrameReader<R>,
-    incoming: &mpsc::Sender<Box<IncomingStream>>,
+    incoming: Option<&mpsc::Sender<Box<IncomingStream>>>,
 ) -> Result<()> {
     loop {
         let Some(event) = reader.next().await? else {
@@ -829,7 +819,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn dispatch(
     shared: &Arc<Shared>,
     msg: Message,
-    incoming: &mpsc::Sender<Box<IncomingStream>>,
+    incoming: Option<&mpsc::Sender<Box<IncomingStream>>>,
 ) -> Result<()> {
     let id = msg.connect_id;
     trace!(node = %shared.node.name, connect_id = %id, kind = %msg.kind, len = msg.data.len(), "received");
@@ -893,7 +883,9 @@ async fn dispatch(
             )));
         }
         kind if kind.is_connect() && shared.role == Role::Edge => {
-            accept_stream(shared, msg, incoming);
+            if let Some(incoming) = incoming {
+                accept_stream(shared, msg, incoming);
+            }
         }
         other => {
             // KubeEdge peers ignore what they do not know; so do we.

@@ -327,6 +327,25 @@ impl Stream {
         }
     }
 
+    /// Borrows the stream as a reading and a writing half that can be used at once (a
+    /// relay pumps both directions in one task). The halves also read and write whole
+    /// buffers without copying them ([`StreamReader::read_chunk`],
+    /// [`StreamWriter::write_chunk`]).
+    pub fn halves(&mut self) -> (StreamReader<'_>, StreamWriter<'_>) {
+        (
+            StreamReader {
+                shared: &self.shared,
+                session: &self.session,
+            },
+            StreamWriter {
+                shared: &self.shared,
+                session: &self.session,
+                permits: &mut self.permits,
+                shut: &mut self.shut,
+            },
+        )
+    }
+
     /// The connect id of this stream.
     pub fn id(&self) -> ConnectId {
         self.shared.id
@@ -477,12 +496,126 @@ impl Stream {
             }
         }
     }
+}
 
-    fn session_gone(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("tunnel session closed: {}", self.session.close_reason()),
-        )
+/// Takes received bytes out of a stream's buffer: `take` is offered the front chunk and says
+/// how many of its bytes it took (the rest stays for the next read). Ready(Ok(false)) at a
+/// clean end. Grants the peer window for what was taken (tether/2).
+fn poll_take(
+    shared: &StreamShared,
+    session: &Shared,
+    cx: &mut Context<'_>,
+    mut take: impl FnMut(&mut Bytes) -> usize,
+) -> Poll<io::Result<bool>> {
+    let mut st = shared.lock();
+    if st.recv.is_empty() {
+        return match &st.recv_end {
+            Some(End::Clean) => Poll::Ready(Ok(false)),
+            Some(end) => Poll::Ready(Err(io_error(end, shared.id))),
+            None => {
+                st.read_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        };
+    }
+    let mut copied = 0;
+    while let Some(front) = st.recv.front_mut() {
+        let n = take(front);
+        copied += n;
+        if !front.is_empty() {
+            break;
+        }
+        st.recv.pop_front();
+        if n == 0 {
+            break;
+        }
+    }
+    st.buffered -= copied;
+    let consumed = match session.dialect {
+        Dialect::Tether2 => {
+            let open = st.recv_end.is_none();
+            st.rwin.consume(
+                copied,
+                tokio::time::Instant::now(),
+                session.path_rtt(),
+                session.window_limits(),
+                &session.window_budget,
+                open,
+            )
+        }
+        Dialect::KubeEdge => Consumed::default(),
+    };
+    drop(st);
+    if let Some(increment) = consumed.grant {
+        let mut data = Vec::with_capacity(10);
+        stream_proto::encode_window(increment, &mut data);
+        session.push_control(Message::new(shared.id, MessageType::Window, data));
+    }
+    if consumed.probe_rtt {
+        session.probe_rtt();
+    }
+    shared.space.notify_waiters();
+    Poll::Ready(Ok(true))
+}
+
+/// The reading half of a [`Stream`], borrowed from it by [`Stream::halves`].
+///
+/// Reads like the stream itself; [`StreamReader::read_chunk`] hands out received data as the
+/// buffers it arrived in, without copying it.
+pub struct StreamReader<'a> {
+    shared: &'a StreamShared,
+    session: &'a Shared,
+}
+
+impl fmt::Debug for StreamReader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl StreamReader<'_> {
+    /// Polls for the next piece of received data, at most `max` bytes, as it arrived (no
+    /// copy). `None` after the peer's FIN (or KubeEdge REMOVE_CONNECT).
+    pub fn poll_read_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>> {
+        let mut chunk = None;
+        let more = ready!(poll_take(self.shared, self.session, cx, |front| {
+            if chunk.is_some() {
+                return 0;
+            }
+            let n = front.len().min(max);
+            chunk = Some(front.split_to(n));
+            n
+        }))?;
+        Poll::Ready(Ok(if more { chunk } else { None }))
+    }
+
+    /// The next piece of received data, at most `max` bytes; see
+    /// [`StreamReader::poll_read_chunk`].
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_read_chunk(cx, max)).await
+    }
+}
+
+impl AsyncRead for StreamReader<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(poll_take(this.shared, this.session, cx, |front| {
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            front.advance(n);
+            n
+        }))?;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -492,83 +625,54 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut st = this.shared.lock();
-        if st.recv.is_empty() {
-            return match &st.recv_end {
-                Some(End::Clean) => Poll::Ready(Ok(())),
-                Some(end) => Poll::Ready(Err(io_error(end, this.shared.id))),
-                None => {
-                    st.read_waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            };
-        }
-        let mut copied = 0;
-        while buf.remaining() > 0 {
-            let Some(front) = st.recv.front_mut() else {
-                break;
-            };
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                st.recv.pop_front();
-            }
-            copied += n;
-        }
-        st.buffered -= copied;
-        let consumed = match this.session.dialect {
-            Dialect::Tether2 => {
-                let open = st.recv_end.is_none();
-                let session = &this.session;
-                st.rwin.consume(
-                    copied,
-                    tokio::time::Instant::now(),
-                    session.path_rtt(),
-                    session.window_limits(),
-                    &session.window_budget,
-                    open,
-                )
-            }
-            Dialect::KubeEdge => Consumed::default(),
-        };
-        drop(st);
-        if let Some(increment) = consumed.grant {
-            let mut data = Vec::with_capacity(10);
-            stream_proto::encode_window(increment, &mut data);
-            this.session
-                .push_control(Message::new(this.shared.id, MessageType::Window, data));
-        }
-        if consumed.probe_rtt {
-            this.session.probe_rtt();
-        }
-        this.shared.space.notify_waiters();
-        Poll::Ready(Ok(()))
+        let (mut reader, _) = self.get_mut().halves();
+        Pin::new(&mut reader).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.shut {
+/// The writing half of a [`Stream`], borrowed from it by [`Stream::halves`].
+///
+/// Writes like the stream itself (a write copies what it is given);
+/// [`StreamWriter::write_chunk`] sends a buffer the caller owns without copying it.
+pub struct StreamWriter<'a> {
+    shared: &'a StreamShared,
+    session: &'a Arc<Shared>,
+    permits: &'a mut PollSemaphore,
+    shut: &'a mut bool,
+}
+
+impl fmt::Debug for StreamWriter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamWriter")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl StreamWriter<'_> {
+    fn session_gone(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("tunnel session closed: {}", self.session.close_reason()),
+        )
+    }
+
+    /// Waits until one DATA message of up to `len` bytes may be queued, and says how large it
+    /// may be: never more than the session's `max_data_chunk`, nor (tether/2) than the credit
+    /// the peer granted, which is taken here. The permit goes back when the writer takes the
+    /// message.
+    fn poll_reserve(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        if *self.shut {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "write after shutdown",
             )));
         }
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let tether = this.session.dialect == Dialect::Tether2;
+        let tether = self.session.dialect == Dialect::Tether2;
         {
-            let mut st = this.shared.lock();
+            let mut st = self.shared.lock();
             if let Some(end) = &st.send_end {
-                return Poll::Ready(Err(io_error(end, this.shared.id)));
+                return Poll::Ready(Err(io_error(end, self.shared.id)));
             }
             if tether && st.credit == 0 {
                 st.write_waker = Some(cx.waker().clone());
@@ -577,36 +681,73 @@ impl AsyncWrite for Stream {
         }
         // One DATA message of this stream queued at a time: a bulk copy waits in the socket
         // it reads from, not in our memory ahead of other streams (see `sched`).
-        ready!(this.session.sched.poll_data_slot(this.shared.id, cx));
-        let Some(permit) = ready!(this.permits.poll_acquire(cx)) else {
-            return Poll::Ready(Err(this.session_gone()));
+        ready!(self.session.sched.poll_data_slot(self.shared.id, cx));
+        let Some(permit) = ready!(self.permits.poll_acquire(cx)) else {
+            return Poll::Ready(Err(self.session_gone()));
         };
-        let n = {
-            let mut st = this.shared.lock();
-            if let Some(end) = &st.send_end {
-                // The permit goes back when dropped; nothing is sent.
-                return Poll::Ready(Err(io_error(end, this.shared.id)));
-            }
-            let mut n = buf.len().min(this.session.config.max_data_chunk);
-            if tether {
-                // Credit only grows between the check above and here.
-                n = n.min(usize::try_from(st.credit).unwrap_or(usize::MAX));
-                st.credit -= n as u64;
-            }
-            n
-        };
-        let msg = Message::new(
-            this.shared.id,
-            MessageType::Data,
-            Bytes::copy_from_slice(&buf[..n]),
-        );
+        let mut st = self.shared.lock();
+        if let Some(end) = &st.send_end {
+            // The permit goes back when dropped; nothing is sent.
+            return Poll::Ready(Err(io_error(end, self.shared.id)));
+        }
+        let mut n = len.min(self.session.config.max_data_chunk);
+        if tether {
+            // Credit only grows between the check above and here.
+            n = n.min(usize::try_from(st.credit).unwrap_or(usize::MAX));
+            st.credit -= n as u64;
+        }
         // The writer returns the permit when it takes the message.
         permit.forget();
-        if !this.session.send_ordered(this.shared.id, msg, true) {
-            return Poll::Ready(Err(this.session_gone()));
-        }
-        this.session.stats.add_sent(n);
         Poll::Ready(Ok(n))
+    }
+
+    /// Queues `data` (of the size `poll_reserve` allowed) as one DATA message.
+    fn send_data(&mut self, data: Bytes) -> io::Result<usize> {
+        let n = data.len();
+        let msg = Message::new(self.shared.id, MessageType::Data, data);
+        if !self.session.send_ordered(self.shared.id, msg, true) {
+            return Err(self.session_gone());
+        }
+        self.session.stats.add_sent(n);
+        Ok(n)
+    }
+
+    /// Polls to send the front of `data` as one DATA message without copying it; returns
+    /// how many bytes were taken from `data`.
+    pub fn poll_write_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &mut Bytes,
+    ) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(self.poll_reserve(cx, data.len()))?;
+        Poll::Ready(self.send_data(data.split_to(n)))
+    }
+
+    /// Sends all of `data` without copying it (in as many DATA messages as the chunk limit
+    /// and the peer's credit make it).
+    pub async fn write_chunk(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            std::future::poll_fn(|cx| self.poll_write_chunk(cx, &mut data)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl AsyncWrite for StreamWriter<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(this.poll_reserve(cx, buf.len()))?;
+        Poll::Ready(this.send_data(Bytes::copy_from_slice(&buf[..n])))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -616,44 +757,74 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.shut {
-            return Poll::Ready(Ok(()));
-        }
-        let id = this.shared.id;
-        let msg = match this.session.dialect {
-            Dialect::Tether2 => {
-                if this.shared.lock().send_end.is_some() {
-                    this.shut = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Message::new(id, MessageType::Fin, Bytes::new())
-            }
-            Dialect::KubeEdge => {
-                {
-                    let st = this.shared.lock();
-                    // Never a second REMOVE, and the cloud never answers the edge's REMOVE.
-                    if st.remove_sent || (st.remove_received && this.session.role == Role::Cloud) {
-                        drop(st);
-                        this.shut = true;
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                Message::new(id, MessageType::RemoveConnect, Bytes::new())
-            }
-        };
-        if !this.session.send_ordered(id, msg, false) {
-            return Poll::Ready(Err(this.session_gone()));
-        }
-        {
-            let mut st = this.shared.lock();
-            st.fin_sent = true;
-            if this.session.dialect == Dialect::KubeEdge {
-                st.remove_sent = true;
-            }
-        }
-        this.shut = true;
+        Poll::Ready(shutdown(this.shared, this.session, this.shut))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let (_, mut writer) = self.get_mut().halves();
+        Pin::new(&mut writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The session writer flushes after every batch; nothing waits here.
         Poll::Ready(Ok(()))
     }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        Poll::Ready(shutdown(&this.shared, &this.session, &mut this.shut))
+    }
+}
+
+/// Ends our direction: tether/2 FIN, or KubeEdge's REMOVE_CONNECT (once, and never as an
+/// answer to the edge's).
+fn shutdown(shared: &StreamShared, session: &Shared, shut: &mut bool) -> io::Result<()> {
+    if *shut {
+        return Ok(());
+    }
+    let id = shared.id;
+    let msg = match session.dialect {
+        Dialect::Tether2 => {
+            if shared.lock().send_end.is_some() {
+                *shut = true;
+                return Ok(());
+            }
+            Message::new(id, MessageType::Fin, Bytes::new())
+        }
+        Dialect::KubeEdge => {
+            {
+                let st = shared.lock();
+                // Never a second REMOVE, and the cloud never answers the edge's REMOVE.
+                if st.remove_sent || (st.remove_received && session.role == Role::Cloud) {
+                    drop(st);
+                    *shut = true;
+                    return Ok(());
+                }
+            }
+            Message::new(id, MessageType::RemoveConnect, Bytes::new())
+        }
+    };
+    if !session.send_ordered(id, msg, false) {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("tunnel session closed: {}", session.close_reason()),
+        ));
+    }
+    {
+        let mut st = shared.lock();
+        st.fin_sent = true;
+        if session.dialect == Dialect::KubeEdge {
+            st.remove_sent = true;
+        }
+    }
+    *shut = true;
+    Ok(())
 }
 
 impl Drop for Stream {

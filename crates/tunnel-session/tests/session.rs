@@ -435,3 +435,81 @@ async fn streams_opened_before_go_away_are_still_served() {
         assert_eq!(got, b"served");
     }
 }
+
+/// Writes `data` in pieces of varying size (keystrokes and bulk reads), then half-closes.
+async fn write_in_pieces(w: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) {
+    let sizes = [1, 100, 5000, 70_000, 64 * 1024, 3];
+    let mut at = 0;
+    for size in sizes.iter().cycle() {
+        if at == data.len() {
+            break;
+        }
+        let end = (at + size).min(data.len());
+        w.write_all(&data[at..end]).await.unwrap();
+        at = end;
+    }
+    w.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pumps_relay_byte_exact_both_ways_without_a_buffer_between() {
+    use tunnel_session::pump;
+    for dialect in [Dialect::Tether2, Dialect::KubeEdge] {
+        let mut p = pair(dialect, SessionConfig::default());
+        let mut cloud_stream = p
+            .cloud
+            .open(ConnectKind::Exec, request("/exec/ns/p/c"))
+            .await
+            .unwrap();
+        let incoming = p.incoming.accept().await.unwrap();
+        let (mut client, bridge_end) = tokio::io::duplex(64 * 1024);
+        let bridge = tokio::spawn(async move {
+            let mut bridge_end = bridge_end;
+            pump::bridge(&mut cloud_stream, &mut bridge_end).await
+        });
+        let (kubelet, pump_end) = tokio::io::duplex(64 * 1024);
+        let mut edge_stream = incoming.stream;
+        let edge = tokio::spawn(async move {
+            let (mut rx, mut tx) = edge_stream.halves();
+            let (mut pump_rx, mut pump_tx) = tokio::io::split(pump_end);
+            let (mut up, mut down) = (0, 0);
+            let (a, b) = tokio::join!(
+                pump::from_stream(&mut rx, &mut pump_tx, &mut up),
+                pump::into_stream(&mut pump_rx, &mut tx, &mut down),
+            );
+            (a.is_ok(), b.is_ok(), up, down)
+        });
+        let (mut kubelet_rx, mut kubelet_tx) = tokio::io::split(kubelet);
+        let down = pattern(1024 * 1024 + 333, 7);
+        if dialect == Dialect::Tether2 {
+            // Each direction ends on its own.
+            let up = pattern(1024 * 1024 + 77, 3);
+            let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+            tokio::join!(
+                write_in_pieces(&mut client, &up),
+                write_in_pieces(&mut kubelet_tx, &down),
+                async { kubelet_rx.read_to_end(&mut got_up).await.unwrap() },
+            );
+            client.read_to_end(&mut got_down).await.unwrap();
+            assert!(got_up == up, "{dialect}: upstream differs");
+            assert!(got_down == down, "{dialect}: downstream differs");
+            let (up_ok, down_ok, up_n, down_n) = edge.await.unwrap();
+            assert!(up_ok && down_ok);
+            assert_eq!((up_n, down_n), (up.len() as u64, down.len() as u64));
+            let (to_stream, from_stream) = bridge.await.unwrap().unwrap();
+            assert_eq!(
+                (to_stream, from_stream),
+                (up.len() as u64, down.len() as u64)
+            );
+        } else {
+            // KubeEdge: the kubelet's end of file closes the whole stream, after its bytes.
+            let mut got_down = Vec::new();
+            tokio::join!(write_in_pieces(&mut kubelet_tx, &down), async {
+                client.read_to_end(&mut got_down).await.unwrap()
+            });
+            assert!(got_down == down, "{dialect}: downstream differs");
+            bridge.abort();
+            edge.abort();
+        }
+    }
+}
