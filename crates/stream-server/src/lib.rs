@@ -32,5 +32,8 @@ pub mod server;
 pub use error::{Error, Result};
 pub use observe::{NoRelayObserver, RelayObserver};
 pub use pods::{Placement, PodResolver};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use relay::fuzzing;
 pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use server::{BodyCompression, StreamServer, StreamServerConfig};

@@ -24,6 +24,9 @@ pub mod client;
 pub mod config;
 pub mod dialect;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod registry;
 mod sched;
 pub mod server;
