@@ -174,6 +174,7 @@ async fn start(preset: Preset, cloud_args: &[&str], log: &Bytes) -> Result<Setup
             "app",
             ContainerSpec::with_logs(log.clone()),
         )
+        .cadvisor_containers(env_num("TETHER_BENCH_CADVISOR_CONTAINERS", 500) as usize)
         .start()
         .await?;
     let cloud = Cloud::start(&world, cloud_args).await?;
@@ -282,6 +283,35 @@ async fn run() -> Result<()> {
             "| 64-byte exec echo while a download runs, p50 / p99 | {} (separate connection) | {} (same session) |",
             busy[0], busy[1]
         );
+        // Memory at the caps: one stream whose client stopped reading (its window fills and
+        // stays full) beside a bulk download on the same session; the peak RSS of both
+        // processes while the download runs, against their RSS before.
+        {
+            let (cloud_pid, edge_pid) = (
+                s.cloud.process.child.id().unwrap_or(0),
+                s.edge.process.child.id().unwrap_or(0),
+            );
+            let before = (vm_rss_kib(cloud_pid), vm_rss_kib(edge_pid));
+            let (io, host) = s.connect(Via::Tunnel).await?;
+            let stalled = http_get(io, host, "/containerLogs/default/big/app", &[]).await?;
+            let bulk = download(&s, Via::Tunnel, rate * 5);
+            tokio::pin!(bulk);
+            let mut peak = before;
+            loop {
+                tokio::select! {
+                    r = &mut bulk => { r?; break; }
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {
+                        peak.0 = peak.0.max(vm_rss_kib(cloud_pid));
+                        peak.1 = peak.1.max(vm_rss_kib(edge_pid));
+                    }
+                }
+            }
+            drop(stalled);
+            println!(
+                "| RSS peak with one stalled and one bulk stream (before) | — | cloudstream {} KiB ({}), edgestream {} KiB ({}) |",
+                peak.0, before.0, peak.1, before.1
+            );
+        }
         let (cloud_pid, edge_pid) = (
             s.cloud.process.child.id().unwrap_or(0),
             s.edge.process.child.id().unwrap_or(0),

@@ -14,6 +14,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod certs;
 mod config;
+mod ha;
 mod settings;
 
 use std::path::PathBuf;
@@ -88,6 +89,14 @@ fn main() -> Result<()> {
         let stream_listener = TcpListener::bind(stream_addr)
             .await
             .with_context(|| format!("binding the stream listener on {stream_addr}"))?;
+        let egress_listener = match settings.egress_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the egress listener on {addr}"))?,
+            ),
+            None => None,
+        };
         let admin_listener = match settings.admin_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -97,24 +106,63 @@ fn main() -> Result<()> {
             None => None,
         };
         // One machine-readable line on stdout, so scripts and tests learn the bound ports.
-        let admin_text = match &admin_listener {
-            Some(l) => format!(" admin={}", l.local_addr()?),
-            None => String::new(),
-        };
-        println!(
-            "cloudstream listening tunnel={} stream={}{admin_text}",
-            tunnel_listener.local_addr()?,
-            stream_listener.local_addr()?
-        );
+        let mut extra = String::new();
+        if let Some(l) = &admin_listener {
+            extra.push_str(&format!(" admin={}", l.local_addr()?));
+        }
+        if let Some(l) = &egress_listener {
+            extra.push_str(&format!(" egress={}", l.local_addr()?));
+        }
 
         let registry = Arc::new(Registry::new());
         let shutdown = CancellationToken::new();
         let metrics = admin::Metrics::new();
         let readiness = admin::Readiness::new();
+        // The directory outlives the tunnel server's drain, so that the sessions' releases
+        // are written before the lease is revoked.
+        let directory_stop = CancellationToken::new();
+        let replicas = match &settings.ha {
+            Some(ha_settings) => Some(ha::start(
+                ha_settings,
+                stream_listener.local_addr()?,
+                &cs.stream.cert,
+                Arc::new(metrics.clone()),
+                directory_stop.clone(),
+            )?),
+            None => None,
+        };
+        if let Some(started) = &replicas {
+            extra.push_str(&format!(" replica={}", started.forwarding.replica_id));
+        }
+        println!(
+            "cloudstream listening tunnel={} stream={}{extra}",
+            tunnel_listener.local_addr()?,
+            stream_listener.local_addr()?
+        );
+
+        let tunnel_observer: Arc<dyn tunnel_session::server::TunnelObserver> = match &replicas {
+            Some(started) => started.replicas.observer.clone(),
+            None => Arc::new(metrics.clone()),
+        };
         let tunnel = TunnelServer::new(tunnel_tls, registry.clone(), settings.tunnel_server)
+            .with_observer(tunnel_observer);
+        let mut stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
             .with_observer(Arc::new(metrics.clone()));
-        let stream = StreamServer::new(stream_tls, registry.clone(), settings.stream_server)
-            .with_observer(Arc::new(metrics.clone()));
+        if let Some(listener) = egress_listener {
+            stream = stream.with_egress(listener);
+        }
+        let mut directory_tasks = Vec::new();
+        if let Some(started) = replicas {
+            stream = stream.with_forwarding(started.forwarding);
+            let directory = started.replicas.directory.clone();
+            directory_tasks.push(tokio::spawn(started.replicas.driver));
+            ha::show_in_readiness(directory.clone(), &readiness);
+            directory_tasks.push(tokio::spawn(ha::sample(
+                directory,
+                metrics.clone(),
+                directory_stop.clone(),
+            )));
+        }
         let (stream, pod_watch) = with_pod_resolver(
             stream,
             &settings.kube_api,
@@ -150,6 +198,12 @@ fn main() -> Result<()> {
         let (tunnel_result, stream_result) = tokio::join!(tunnel_task, stream_task);
         tunnel_result.context("tunnel server task")??;
         stream_result.context("stream server task")??;
+        // Every session has ended and queued its release: stop the directory, which revokes
+        // this replica's lease so the others drop its claims at once.
+        directory_stop.cancel();
+        for task in directory_tasks {
+            let _ = task.await;
+        }
         let _ = sampler.await;
         if let Some(task) = pod_watch {
             let _ = task.await;

@@ -117,6 +117,120 @@ tether_cli::settings! {
         key: "listen.admin",
         flag: ("admin-addr", env = "CLOUDSTREAM_ADMIN_ADDR", value_name = "HOST:PORT"),
     }
+    /// Egress proxy listener for kube-apiserver (HTTP CONNECT <node>:<port>, then TLS as on
+    /// the stream listener), host:port. Default: off.
+    egress_addr: SocketAddr {
+        key: "listen.egress",
+        flag: ("egress-addr", env = "CLOUDSTREAM_EGRESS_ADDR", value_name = "HOST:PORT"),
+    }
+
+    // `ha:` several replicas sharing one node directory in etcd. Off without endpoints.
+    /// etcd client URLs (http:// or https://), comma-separated on the command line. Setting
+    /// them turns replicas on: sessions are registered in etcd and requests for nodes other
+    /// replicas hold are forwarded there. Default: off (one process, in-memory registry).
+    etcd_endpoints: Vec<String> {
+        key: "ha.etcd.endpoints",
+        flag: ("etcd-endpoints", env = "CLOUDSTREAM_ETCD_ENDPOINTS", value_name = "URL[,URL...]",
+               value_delimiter = ','),
+        check: etcd_endpoints,
+    }
+    /// CA bundle of etcd's serving certificate (needed with https:// endpoints).
+    etcd_ca: PathBuf {
+        key: "ha.etcd.caFile",
+        flag: ("etcd-ca", env = "CLOUDSTREAM_ETCD_CA", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// Client certificate for etcd's --client-cert-auth.
+    etcd_cert: PathBuf {
+        key: "ha.etcd.certFile",
+        flag: ("etcd-cert", env = "CLOUDSTREAM_ETCD_CERT", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// Private key of --etcd-cert.
+    etcd_key: PathBuf {
+        key: "ha.etcd.keyFile",
+        flag: ("etcd-key", env = "CLOUDSTREAM_ETCD_KEY", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// Key prefix of the directory in etcd (starts and ends with '/'). Default: /tether/v1/.
+    etcd_prefix: String {
+        key: "ha.etcd.prefix",
+        default: directory_etcd::config::DEFAULT_PREFIX.to_owned(),
+    }
+    /// TTL of this replica's etcd lease: a replica that stops renewing it (killed,
+    /// partitioned) loses its claims after this long. Whole seconds. Default: 10s.
+    etcd_lease_ttl: Duration {
+        key: "ha.etcd.leaseTTL",
+        yaml: duration,
+        flag: ("etcd-lease-ttl", env = "CLOUDSTREAM_ETCD_LEASE_TTL", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: directory_etcd::config::DEFAULT_LEASE_TTL,
+        check: lease_ttl,
+    }
+    /// Deadline for connecting to etcd. Default: 5s.
+    etcd_dial_timeout: Duration {
+        key: "ha.etcd.dialTimeout",
+        yaml: duration,
+        default: directory_etcd::config::DEFAULT_DIAL_TIMEOUT,
+        check: check::positive,
+    }
+    /// Deadline of each etcd call (at most the lease TTL). Default: 5s, or the lease TTL when
+    /// that is shorter.
+    etcd_request_timeout: Duration {
+        key: "ha.etcd.requestTimeout",
+        yaml: duration,
+        check: check::positive,
+    }
+    /// This replica's id, unique among the replicas and stable across restarts (a pod name).
+    /// Default: the host name.
+    replica_id: String {
+        key: "ha.replicaId",
+        flag: ("replica-id", env = "CLOUDSTREAM_REPLICA_ID", value_name = "ID"),
+        check: replica_id,
+    }
+    /// Where the other replicas reach this replica's stream listener, host:port (a pod IP and
+    /// the stream port). Default: the stream listener's address, if it binds one IP.
+    advertise_addr: String {
+        key: "ha.advertiseAddr",
+        flag: ("advertise-addr", env = "CLOUDSTREAM_ADVERTISE_ADDR", value_name = "HOST:PORT"),
+        check: host_port,
+    }
+    /// This replica's client certificate for forwarding to other replicas: CN
+    /// `tether-replica:<id>`, signed by the stream CA (`tlsStreamCAFile`). Required with etcd.
+    peer_cert: PathBuf {
+        key: "ha.peerCertFile",
+        flag: ("peer-cert", env = "CLOUDSTREAM_PEER_CERT", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// Private key of --peer-cert.
+    peer_key: PathBuf {
+        key: "ha.peerKeyFile",
+        flag: ("peer-key", env = "CLOUDSTREAM_PEER_KEY", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// CA the other replicas' stream serving certificates chain to. Default: the stream CA
+    /// (`tlsStreamCAFile`).
+    peer_ca: PathBuf {
+        key: "ha.peerCAFile",
+        flag: ("peer-ca", env = "CLOUDSTREAM_PEER_CA", value_name = "FILE"),
+        check: check::file_path,
+    }
+    /// Name the other replicas' stream serving certificates are checked against. Default:
+    /// the first DNS or IP name of this replica's own stream certificate (replicas share it).
+    peer_server_name: String {
+        key: "ha.peerServerName",
+        flag: ("peer-server-name", env = "CLOUDSTREAM_PEER_SERVER_NAME", value_name = "NAME"),
+    }
+    /// Bound on dialing another replica (TCP and TLS) to forward a request; a dead replica
+    /// costs a 503 after this long. Default: 2s.
+    peer_dial_timeout: Duration {
+        key: "ha.peerDialTimeout",
+        yaml: duration,
+        flag: ("peer-dial-timeout", env = "CLOUDSTREAM_PEER_DIAL_TIMEOUT", value_name = "DURATION",
+               value_parser = duration_flag),
+        default: stream_server::forward::DEFAULT_DIAL_TIMEOUT,
+        check: check::positive,
+    }
 
     // `session:`
     /// Per-stream buffer and window, bytes (at least 1024). Default: 1048576.
@@ -355,6 +469,25 @@ pub struct KubeApiSettings {
     pub burst: u32,
 }
 
+/// Several replicas sharing one node directory in etcd (`ha:`; on with `--etcd-endpoints`).
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// How the directory reaches etcd (TLS material already read).
+    pub directory: directory_etcd::DirectoryConfig,
+    /// This replica's id; `None`: the host name, which `main` reads.
+    pub replica_id: Option<String>,
+    /// How other replicas reach this one; `None`: the stream listener's address.
+    pub advertise_addr: Option<String>,
+    /// This replica's client certificate and key for forwarding, and the CA the other
+    /// replicas' serving certificates chain to.
+    pub peer: tunnel_session::tls::TlsFiles,
+    /// The name the other replicas' serving certificates are checked against; `None`: the
+    /// first name in our own stream certificate.
+    pub peer_server_name: Option<String>,
+    /// Bound on dialing another replica.
+    pub peer_dial_timeout: Duration,
+}
+
 /// Everything `cloudstream` runs with, merged and validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -370,6 +503,10 @@ pub struct Settings {
     pub stream_addr: SocketAddr,
     /// Where the admin listener binds; `None` turns it off.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the egress proxy listener binds; `None` turns it off.
+    pub egress_addr: Option<SocketAddr>,
+    /// Replicas on etcd; `None`: one process with its in-memory registry.
+    pub ha: Option<HaSettings>,
     /// Tunnel server and session tunables.
     pub tunnel_server: TunnelServerConfig,
     /// Stream server tunables.
@@ -463,6 +600,7 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
         &v.ping_interval.origin,
     )?;
 
+    let ha = ha_settings(file, &v, &mut warnings)?;
     let cloud_stream = CloudStreamSettings {
         source: file.to_owned(),
         section: match source.format() {
@@ -495,6 +633,8 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
             cloud_stream.stream_port,
         )),
         admin_addr: v.admin_addr.value,
+        egress_addr: v.egress_addr.value,
+        ha,
         tunnel_server: TunnelServerConfig {
             session,
             handshake_timeout: v.tunnel_handshake_timeout.value,
@@ -528,6 +668,154 @@ fn settings(source: &Source<'_, FileValues>, flags: &Flags) -> Result<Settings, 
 /// `streamServer.compressBodies`: one of `off`, `auto`, `on`.
 fn check_compression(value: &str) -> Result<(), String> {
     value.parse::<stream_server::BodyCompression>().map(|_| ())
+}
+
+/// The `ha:` settings, when etcd endpoints are set; the others alone only earn a warning.
+fn ha_settings(
+    file: &Path,
+    v: &Values,
+    warnings: &mut Vec<String>,
+) -> Result<Option<HaSettings>, SettingsError> {
+    let Some(endpoints) = v.etcd_endpoints.value.clone() else {
+        let stray: Vec<&str> = [
+            v.replica_id.value.is_some().then_some("replica id"),
+            v.advertise_addr
+                .value
+                .is_some()
+                .then_some("advertise address"),
+            v.peer_cert.value.is_some().then_some("peer certificate"),
+            v.etcd_ca.value.is_some().then_some("etcd CA"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !stray.is_empty() {
+            warnings.push(format!(
+                "{} set without etcd endpoints (--etcd-endpoints, ha.etcd.endpoints): ignored, \
+                 this cloudstream runs alone",
+                stray.join(", ")
+            ));
+        }
+        return Ok(None);
+    };
+    let read = |setting: &Setting<Option<PathBuf>>| -> Result<Option<Vec<u8>>, SettingsError> {
+        match &setting.value {
+            None => Ok(None),
+            Some(path) => std::fs::read(path)
+                .map(Some)
+                .map_err(|e| setting.error(file, format!("{}: {e}", path.display()))),
+        }
+    };
+    let tls = match (read(&v.etcd_ca)?, read(&v.etcd_cert)?, read(&v.etcd_key)?) {
+        (None, None, None) => None,
+        (Some(ca_pem), cert, key) => {
+            let client = match (cert, key) {
+                (Some(cert_pem), Some(key_pem)) => {
+                    Some(directory_etcd::ClientIdentityPem { cert_pem, key_pem })
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(v.etcd_cert.error(
+                        file,
+                        "the etcd client certificate and key go together (--etcd-cert, --etcd-key)"
+                            .into(),
+                    ));
+                }
+            };
+            Some(directory_etcd::EtcdTls {
+                ca_pem,
+                client,
+                server_name: None,
+            })
+        }
+        (None, _, _) => {
+            return Err(v.etcd_cert.error(
+                file,
+                "an etcd client certificate needs the etcd CA too (--etcd-ca)".into(),
+            ));
+        }
+    };
+    let mut directory = directory_etcd::DirectoryConfig::new(endpoints);
+    directory.tls = tls;
+    directory.prefix = v.etcd_prefix.value.clone();
+    directory.lease_ttl = v.etcd_lease_ttl.value;
+    directory.dial_timeout = v.etcd_dial_timeout.value;
+    directory.request_timeout = v
+        .etcd_request_timeout
+        .value
+        .unwrap_or(directory_etcd::config::DEFAULT_REQUEST_TIMEOUT.min(directory.lease_ttl));
+    directory
+        .validate()
+        .map_err(|e| v.etcd_endpoints.error(file, e.to_string()))?;
+    let (Some(cert), Some(key)) = (v.peer_cert.value.clone(), v.peer_key.value.clone()) else {
+        return Err(v.etcd_endpoints.error(
+            file,
+            "replicas need a peer client certificate and key to forward requests to each other \
+             (--peer-cert and --peer-key, or ha.peerCertFile and ha.peerKeyFile)"
+                .into(),
+        ));
+    };
+    let ca = v
+        .peer_ca
+        .value
+        .clone()
+        .unwrap_or_else(|| v.tls_stream_ca_file.value.clone());
+    Ok(Some(HaSettings {
+        directory,
+        replica_id: v.replica_id.value.clone(),
+        advertise_addr: v.advertise_addr.value.clone(),
+        peer: tunnel_session::tls::TlsFiles { ca, cert, key },
+        peer_server_name: v.peer_server_name.value.clone(),
+        peer_dial_timeout: v.peer_dial_timeout.value,
+    }))
+}
+
+/// etcd URLs: at least one, each http:// or https://.
+fn etcd_endpoints(urls: &[String]) -> Result<(), String> {
+    if urls.is_empty() {
+        return Err("expected at least one etcd URL".into());
+    }
+    for url in urls {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "etcd URL {url:?} must start with http:// or https://"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// etcd grants whole seconds, at least one.
+fn lease_ttl(ttl: &Duration) -> Result<(), String> {
+    if ttl.as_secs() == 0 || ttl.subsec_nanos() != 0 {
+        Err(format!(
+            "expected whole seconds, at least 1s, found {ttl:?}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A replica id is one etcd key segment: 1 to 253 bytes, no '/'.
+fn replica_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 253 || id.contains('/') {
+        Err(format!(
+            "replica id {id:?} must be 1 to 253 bytes without '/'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `host:port` or `[v6]:port` with a port from 1 to 65535.
+fn host_port(text: &str) -> Result<(), String> {
+    let bad = || format!("expected HOST:PORT, found {text:?}");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -655,6 +943,105 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(settings.log.filter(Some("warn".into())), "error");
+    }
+
+    #[test]
+    fn ha_is_off_without_endpoints_and_layers_from_file_and_flags() {
+        let dir = pki();
+        let alone = load(&ours(dir.path(), ""), &Flags::default()).unwrap();
+        assert!(alone.ha.is_none());
+        assert!(alone.egress_addr.is_none());
+        // A stray replica key alone changes nothing but earns a warning.
+        let stray = ours(dir.path(), "ha:\n  replicaId: r1\n");
+        let settings = load(&stray, &Flags::default()).unwrap();
+        assert!(settings.ha.is_none());
+        assert!(
+            settings.warnings.iter().any(|w| w.contains("replica id")),
+            "{:?}",
+            settings.warnings
+        );
+
+        let d = dir.path().display();
+        let file = ours(
+            dir.path(),
+            &format!(
+                "listen:\n  egress: 127.0.0.1:0\n\
+                 ha:\n  etcd:\n    endpoints: [http://127.0.0.1:2379]\n    leaseTTL: 3s\n\
+                 \x20 replicaId: from-file\n  advertiseAddr: 10.0.0.1:10003\n\
+                 \x20 peerCertFile: {d}/server.crt\n  peerKeyFile: {d}/server.key\n"
+            ),
+        );
+        let settings = load(&file, &Flags::default()).unwrap();
+        assert_eq!(settings.egress_addr, Some("127.0.0.1:0".parse().unwrap()));
+        let ha = settings.ha.unwrap();
+        assert_eq!(ha.directory.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(ha.directory.lease_ttl, Duration::from_secs(3));
+        // The request timeout defaults to at most the TTL.
+        assert_eq!(ha.directory.request_timeout, Duration::from_secs(3));
+        assert_eq!(ha.replica_id.as_deref(), Some("from-file"));
+        assert_eq!(ha.advertise_addr.as_deref(), Some("10.0.0.1:10003"));
+        assert_eq!(ha.peer.ca, dir.path().join("ca.crt"));
+        assert_eq!(ha.peer_dial_timeout, Duration::from_secs(2));
+
+        let flags = Flags {
+            etcd_endpoints: Some(vec!["http://e1:2379".into(), "http://e2:2379".into()]),
+            replica_id: Some("from-flag".into()),
+            etcd_lease_ttl: Some(Duration::from_secs(12)),
+            ..Flags::default()
+        };
+        let ha = load(&file, &flags).unwrap().ha.unwrap();
+        assert_eq!(ha.directory.endpoints, ["http://e1:2379", "http://e2:2379"]);
+        assert_eq!(ha.directory.lease_ttl, Duration::from_secs(12));
+        assert_eq!(ha.directory.request_timeout, Duration::from_secs(5));
+        assert_eq!(ha.replica_id.as_deref(), Some("from-flag"));
+    }
+
+    #[test]
+    fn ha_errors_name_what_is_missing() {
+        let dir = pki();
+        let file = ours(dir.path(), "");
+        let flags = Flags {
+            etcd_endpoints: Some(vec!["http://127.0.0.1:2379".into()]),
+            ..Flags::default()
+        };
+        let error = load(&file, &flags).unwrap_err().to_string();
+        assert!(error.contains("--peer-cert"), "{error}");
+        for (flags, needle) in [
+            (
+                Flags {
+                    etcd_endpoints: Some(vec!["127.0.0.1:2379".into()]),
+                    ..Flags::default()
+                },
+                "must start with http://",
+            ),
+            (
+                Flags {
+                    etcd_endpoints: Some(vec!["http://e:1".into()]),
+                    etcd_lease_ttl: Some(Duration::from_millis(1500)),
+                    ..Flags::default()
+                },
+                "whole seconds",
+            ),
+            (
+                Flags {
+                    etcd_endpoints: Some(vec!["http://e:1".into()]),
+                    advertise_addr: Some("no-port".into()),
+                    ..Flags::default()
+                },
+                "HOST:PORT",
+            ),
+            (
+                Flags {
+                    etcd_endpoints: Some(vec!["http://e:1".into()]),
+                    replica_id: Some("a/b".into()),
+                    ..Flags::default()
+                },
+                "without '/'",
+            ),
+        ] {
+            let error = load(&file, &flags).unwrap_err().to_string();
+            assert!(error.contains(needle), "{needle}: {error}");
+        }
     }
 
     #[test]

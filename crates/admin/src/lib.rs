@@ -22,7 +22,7 @@ pub mod observers;
 pub mod readiness;
 pub mod server;
 
-pub use metrics::Metrics;
+pub use metrics::{DirectorySample, Metrics};
 pub use observers::sample_rtt;
 pub use readiness::Readiness;
 pub use server::serve;

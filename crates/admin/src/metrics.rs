@@ -84,6 +84,58 @@ struct Families {
     pod_cache_pods: Gauge,
     pod_watch_up: Gauge,
     runtime_tasks: Gauge,
+    directory_nodes: Gauge,
+    directory_local_claims: Gauge,
+    directory_pending: Gauge,
+    directory_up: Gauge,
+    directory_etcd_errors: Counter,
+    directory_lease_losses: Counter,
+    directory_superseded: Counter,
+    forwarded: Family<OutcomeLabels, Counter>,
+    egress_connects: Family<ResultLabels, Counter>,
+}
+
+/// `outcome` label of forwarded requests: a fixed word from code (`ok`, `unreachable`, …).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+/// `result` label of egress CONNECTs: `open`, `unknown_node`, `bad_request`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// Every outcome of a forwarded request, so each series exists from the start.
+const FORWARD_OUTCOMES: [&str; 7] = [
+    "ok",
+    "unreachable",
+    "timeout",
+    "error",
+    "served",
+    "gone",
+    "forbidden",
+];
+
+/// A sample of the replica directory's state, as the binary reads it from the directory
+/// (this crate does not depend on it). Counters are totals since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectorySample {
+    /// Nodes in the directory (the whole fleet, as etcd knows it).
+    pub nodes: usize,
+    /// Nodes this replica claims.
+    pub local_claims: usize,
+    /// Local claims or releases not yet written.
+    pub pending: usize,
+    /// The directory follows etcd right now.
+    pub up: bool,
+    /// Failed etcd calls since start.
+    pub etcd_errors: u64,
+    /// Times this replica's lease was found expired or revoked.
+    pub lease_losses: u64,
+    /// Local sessions closed because another replica's newer claim replaced them.
+    pub superseded: u64,
 }
 
 /// The process's metric families, rendered on `/metrics`.
@@ -108,6 +160,15 @@ struct Families {
 /// | `tether_pod_cache_pods` | gauge | — |
 /// | `tether_pod_watch_up` | gauge | — |
 /// | `tether_runtime_tasks` | gauge | — |
+/// | `tether_directory_nodes` | gauge | — |
+/// | `tether_directory_local_claims` | gauge | — |
+/// | `tether_directory_pending` | gauge | — |
+/// | `tether_directory_up` | gauge | — |
+/// | `tether_directory_etcd_errors_total` | counter | — |
+/// | `tether_directory_lease_losses_total` | counter | — |
+/// | `tether_directory_superseded_total` | counter | — |
+/// | `tether_forwarded_requests_total` | counter | `outcome` |
+/// | `tether_egress_connects_total` | counter | `result` |
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Families>,
@@ -243,9 +304,79 @@ impl Metrics {
             "Tasks alive on the process's tokio runtime (a steady rise with steady traffic is a leak)",
             runtime_tasks.clone(),
         );
+        let directory_nodes = Gauge::default();
+        registry.register(
+            "directory_nodes",
+            "Nodes in the replicas' shared directory (every replica's sessions), as this replica sees it",
+            directory_nodes.clone(),
+        );
+        let directory_local_claims = Gauge::default();
+        registry.register(
+            "directory_local_claims",
+            "Nodes this replica claims in the directory",
+            directory_local_claims.clone(),
+        );
+        let directory_pending = Gauge::default();
+        registry.register(
+            "directory_pending",
+            "Local claims and releases not yet written to etcd",
+            directory_pending.clone(),
+        );
+        let directory_up = Gauge::default();
+        registry.register(
+            "directory_up",
+            "1 while the directory follows etcd, 0 while it serves its last known state",
+            directory_up.clone(),
+        );
+        let directory_etcd_errors = Counter::default();
+        registry.register(
+            "directory_etcd_errors",
+            "Failed etcd calls of the directory",
+            directory_etcd_errors.clone(),
+        );
+        let directory_lease_losses = Counter::default();
+        registry.register(
+            "directory_lease_losses",
+            "Times this replica's etcd lease was found expired or revoked",
+            directory_lease_losses.clone(),
+        );
+        let directory_superseded = Counter::default();
+        registry.register(
+            "directory_superseded",
+            "Local sessions closed because a newer session of the node registered on another replica",
+            directory_superseded.clone(),
+        );
+        let forwarded = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "forwarded_requests",
+            "Requests forwarded between replicas, by outcome (sent: ok, unreachable, timeout, error; received: served, gone, forbidden)",
+            forwarded.clone(),
+        );
+        for outcome in FORWARD_OUTCOMES {
+            forwarded
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(0);
+        }
+        let egress_connects = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "egress_connects",
+            "Egress CONNECT requests from kube-apiserver, by result (open, unknown_node, bad_request)",
+            egress_connects.clone(),
+        );
         Metrics {
             inner: Arc::new(Families {
                 runtime_tasks,
+                directory_nodes,
+                directory_local_claims,
+                directory_pending,
+                directory_up,
+                directory_etcd_errors,
+                directory_lease_losses,
+                directory_superseded,
+                forwarded,
+                egress_connects,
                 pod_lookups,
                 pod_cache_pods,
                 pod_watch_up,
@@ -360,6 +491,45 @@ impl Metrics {
                 .runtime_tasks
                 .set(i64::try_from(tasks).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Records a sample of the replica directory: gauges are set, counters advance to the
+    /// sample's totals.
+    pub fn directory(&self, sample: DirectorySample) {
+        let gauge = |g: &Gauge, n: usize| g.set(i64::try_from(n).unwrap_or(i64::MAX));
+        gauge(&self.inner.directory_nodes, sample.nodes);
+        gauge(&self.inner.directory_local_claims, sample.local_claims);
+        gauge(&self.inner.directory_pending, sample.pending);
+        self.inner.directory_up.set(i64::from(sample.up));
+        let advance = |c: &Counter, total: u64| {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        };
+        advance(&self.inner.directory_etcd_errors, sample.etcd_errors);
+        advance(&self.inner.directory_lease_losses, sample.lease_losses);
+        advance(&self.inner.directory_superseded, sample.superseded);
+    }
+
+    /// A request went between replicas with `outcome` (a fixed word from code).
+    pub fn forwarded(&self, outcome: &str) {
+        self.inner
+            .forwarded
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An egress CONNECT was answered with `result` (a fixed word from code).
+    pub fn egress(&self, result: &str) {
+        self.inner
+            .egress_connects
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The edge's tunnel came up (`true`) or went down (`false`).

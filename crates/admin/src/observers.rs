@@ -33,6 +33,14 @@ impl RelayObserver for Metrics {
     fn pod_lookup(&self, source: &'static str, result: &'static str) {
         Metrics::pod_lookup(self, source, result);
     }
+
+    fn forwarded(&self, outcome: &'static str) {
+        Metrics::forwarded(self, outcome);
+    }
+
+    fn egress(&self, result: &'static str) {
+        Metrics::egress(self, result);
+    }
 }
 
 /// Records every live session's last ping round trip every `every`, until `shutdown`.
@@ -70,7 +78,33 @@ mod tests {
         observer.stream_failed(Operation::Logs, "no_session");
         observer.pod_lookup("cache", "found");
         metrics.pod_cache(12, true);
+        observer.forwarded("unreachable");
+        observer.egress("unknown_node");
+        metrics.directory(crate::metrics::DirectorySample {
+            nodes: 3,
+            up: true,
+            etcd_errors: 2,
+            ..Default::default()
+        });
+        metrics.directory(crate::metrics::DirectorySample {
+            nodes: 2,
+            etcd_errors: 5,
+            ..Default::default()
+        });
         let text = metrics.encode();
+        for line in [
+            r#"tether_forwarded_requests_total{outcome="unreachable"} 1"#,
+            r#"tether_forwarded_requests_total{outcome="ok"} 0"#,
+            r#"tether_egress_connects_total{result="unknown_node"} 1"#,
+            "tether_directory_nodes 2",
+            "tether_directory_up 0",
+            "tether_directory_etcd_errors_total 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
         assert!(
             text.contains(r#"tether_pod_lookups_total{source="cache",result="found"} 1"#),
             "{text}"

@@ -46,7 +46,8 @@ const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 ///
 /// - `GET /metrics`: 200, every family of `metrics` as OpenMetrics text.
 /// - `GET /healthz`: 200 `ok` while the process runs.
-/// - `GET /readyz`: 200 `ready` or 503 `not ready`, from `readiness`.
+/// - `GET /readyz`: 200 `ready` or 503 `not ready`, from `readiness`, followed by its detail
+///   line when it has one.
 /// - `HEAD` is answered like `GET` without a body; other methods get 405, other paths 404.
 ///
 /// On shutdown it stops accepting at once, lets open connections finish their current
@@ -176,8 +177,29 @@ impl Endpoints {
             }
             "/metrics" => self.metrics_page(),
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.readiness.is_ready() => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            "/readyz" => {
+                let (status, verdict) = if self.readiness.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                };
+                match self.readiness.detail() {
+                    None => text(
+                        status,
+                        if status == StatusCode::OK {
+                            "ready\n"
+                        } else {
+                            "not ready\n"
+                        },
+                    ),
+                    Some(detail) => {
+                        let mut response = text(status, "");
+                        *response.body_mut() =
+                            Full::new(Bytes::from(format!("{verdict}\n{detail}\n")));
+                        response
+                    }
+                }
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

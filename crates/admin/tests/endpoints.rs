@@ -139,6 +139,27 @@ async fn readyz_follows_the_flag() {
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.body, "not ready\n");
 
+    // A detail line follows the verdict, computed when asked.
+    let stale = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source = stale.clone();
+    admin.readiness.set_detail_source(move || {
+        Some(if source.load(std::sync::atomic::Ordering::Relaxed) {
+            "directory: stale".to_owned()
+        } else {
+            "directory: following etcd".to_owned()
+        })
+    });
+    admin.readiness.set_ready(true);
+    let reply = admin.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "ready\ndirectory: following etcd\n");
+    stale.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(admin.get("/readyz").await.body, "ready\ndirectory: stale\n");
+    admin.readiness.set_ready(false);
+    let reply = admin.get("/readyz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body, "not ready\ndirectory: stale\n");
+
     // Liveness does not depend on readiness.
     assert_eq!(admin.get("/healthz").await.status, StatusCode::OK);
     admin.stop().await;

@@ -17,10 +17,16 @@
 //! - [`pods`]: which node runs a pod (a watch-fed cache of the Kubernetes API, feature `k8s`).
 //! - `resolve` (private): the order in which the proxy path, the pod and `Host` name the node.
 //! - [`server`]: TLS with client certificates, HTTP/1.1 and HTTP/2, drain on shutdown.
+//! - [`forward`]: with several replicas, relaying a request to the replica holding its node.
+//! - [`identity`]: which clients are replicas (client certificate CN `tether-replica:<id>`).
+//! - [`egress`]: kube-apiserver's egress proxy protocol (HTTP CONNECT, then TLS).
 //! - `relay` and `body` (private): the one relay every operation goes through.
 
 mod body;
+pub mod egress;
 pub mod error;
+pub mod forward;
+pub mod identity;
 pub mod node;
 pub mod observe;
 pub mod pods;
@@ -30,6 +36,7 @@ pub mod route;
 pub mod server;
 
 pub use error::{Error, Result};
+pub use forward::{Forwarding, RemoteHolder, ReplicaDirectory};
 pub use observe::{NoRelayObserver, RelayObserver};
 pub use pods::{Placement, PodResolver};
 #[cfg(feature = "fuzzing")]

@@ -28,6 +28,16 @@ pub trait RelayObserver: Send + Sync + 'static {
     /// round trip to the Kubernetes API); `result` is `found`, `not_found`, `unscheduled` or
     /// `error`.
     fn pod_lookup(&self, _source: &'static str, _result: &'static str) {}
+    /// A request went between replicas (see [`crate::forward`]). `outcome` is a fixed word:
+    /// on the sending replica `ok` (the holder answered, whatever its status), `unreachable`
+    /// (dial or TLS to the holder failed), `timeout` (no answer in time) or `error` (the
+    /// holder's answer broke); on the receiving replica `served` (forwarded here and relayed),
+    /// `gone` (forwarded here but the node is not held here: 503) or `forbidden` (a hop marker
+    /// from a client that is no replica: 403).
+    fn forwarded(&self, _outcome: &'static str) {}
+    /// An egress CONNECT was answered: `open` (tunnel opened), `unknown_node` (503 before TLS)
+    /// or `bad_request` (not a usable CONNECT).
+    fn egress(&self, _result: &'static str) {}
 }
 
 /// An observer that records nothing.

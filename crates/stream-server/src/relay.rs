@@ -24,9 +24,11 @@ use tracing::{Instrument, debug, info_span, warn};
 use tunnel_session::{Dialect, SessionDirectory, Stream};
 
 use crate::body::{READ_CHUNK, TunnelBody};
+use crate::forward::{Forwarding, HOP_HEADER, NODE_HEADER};
+use crate::identity::ClientIdentity;
 use crate::observe::{RelayObserver, StreamRecord};
 use crate::pods::PodResolver;
-use crate::resolve::resolve;
+use crate::resolve::{Lookup, Target, resolve};
 use crate::route::{NoRoute, Operation, classify, connect_kind};
 
 /// The response body type of the stream server.
@@ -51,10 +53,21 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+/// What the server knows about the connection a request arrived on.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectionInfo {
+    /// Who the client proved to be in the TLS handshake.
+    pub(crate) identity: ClientIdentity,
+    /// The node the connection was opened for (an egress CONNECT target), if any.
+    pub(crate) pinned_node: Option<String>,
+}
+
 /// What a relay needs from the server.
 pub(crate) struct Relay {
     pub(crate) directory: Arc<dyn SessionDirectory>,
     pub(crate) pods: Option<Arc<dyn PodResolver>>,
+    /// Set when other replicas may hold nodes: how to reach them.
+    pub(crate) forwarding: Option<Forwarding>,
     pub(crate) observer: Arc<dyn RelayObserver>,
     pub(crate) response_timeout: Duration,
     pub(crate) compression: crate::server::BodyCompression,
@@ -66,8 +79,12 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// Serves one kubelet request.
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    /// Serves one kubelet request that arrived on a connection from `client`.
+    pub(crate) async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: &ConnectionInfo,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         let (op, pod) = match classify(req.method(), req.uri().path()) {
             Ok(found) => found,
@@ -76,21 +93,103 @@ impl Relay {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
             }
         };
+        if req.headers().contains_key(HOP_HEADER) {
+            return self.handle_forwarded(req, client, op, started).await;
+        }
+        let lookup = Lookup {
+            sessions: self.directory.as_ref(),
+            replicas: self.forwarding.as_ref().map(|f| f.directory.as_ref()),
+        };
         let target = resolve(
             &req,
             pod.as_ref(),
-            self.directory.as_ref(),
+            client.pinned_node.as_deref(),
+            &lookup,
             self.pods.as_deref(),
             self.observer.as_ref(),
         )
         .await;
-        let session = match target {
-            Ok(target) => target.session,
+        match target {
+            Ok(Target::Local(session)) => self.relay(req, session, op, started).await,
+            Ok(Target::Remote(holder)) => match &self.forwarding {
+                Some(forwarding) => self.forward(forwarding, req, holder, op).await,
+                // A remote target comes only from the forwarding directory.
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "forwarding is not configured",
+                ),
+            },
             Err(unresolved) => {
                 self.observer.stream_failed(op, unresolved.reason);
-                return text(unresolved.status, &unresolved.message);
+                text(unresolved.status, &unresolved.message)
             }
+        }
+    }
+
+    /// A request another replica forwarded here: only a replica may send one, and it is
+    /// served from this process's sessions or refused, never forwarded again.
+    async fn handle_forwarded(
+        &self,
+        req: Request<Incoming>,
+        client: &ConnectionInfo,
+        op: Operation,
+        started: Instant,
+    ) -> Response<ResponseBody> {
+        let Some(from) = client.identity.replica.as_deref() else {
+            self.observer.forwarded("forbidden");
+            self.observer.stream_failed(op, "forbidden");
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "only a cloudstream replica (client certificate CN {}<id>) may send {HOP_HEADER}",
+                    crate::identity::REPLICA_CN_PREFIX
+                ),
+            );
         };
+        let Some(node) = req
+            .headers()
+            .get(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+        else {
+            self.observer.stream_failed(op, "bad_request");
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!("a forwarded request needs {NODE_HEADER}"),
+            );
+        };
+        match self.directory.find(tunnel_session::NodeKey::Name(&node)) {
+            Some(session) => {
+                self.observer.forwarded("served");
+                self.relay(req, session, op, started).await
+            }
+            None => {
+                self.observer.forwarded("gone");
+                self.observer.stream_failed(op, "no_session");
+                let me = self
+                    .forwarding
+                    .as_ref()
+                    .map_or("this replica", |f| f.replica_id.as_str());
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "replica {from} forwarded a request for node {node} to cloudstream replica {me}, \
+                         which holds no session for it (the node moved or left; requests are forwarded once only)"
+                    ),
+                )
+            }
+        }
+    }
+
+    /// Relays a request to a node whose session this process holds.
+    async fn relay(
+        &self,
+        req: Request<Incoming>,
+        session: tunnel_session::Session,
+        op: Operation,
+        started: Instant,
+    ) -> Response<ResponseBody> {
         let span = info_span!("request", node = %session.node().name, op = op.as_str(), connect_id = tracing::field::Empty);
         async move {
             let mut request = connect_request(&req, op, session.dialect());
@@ -434,7 +533,8 @@ fn connect_request<B>(req: &Request<B>, op: Operation, dialect: Dialect) -> Conn
         });
     let mut header = stream_proto::HeaderMap::new();
     for (name, value) in req.headers() {
-        if *name == header::HOST {
+        // Our own forwarding headers describe the hop between replicas, not the request.
+        if *name == header::HOST || name.as_str().starts_with("x-tether-") {
             continue;
         }
         header
@@ -537,7 +637,10 @@ async fn read_chunked<R: AsyncRead + Unpin>(first: Bytes, stream: &mut R) -> Res
 }
 
 /// Copies end-to-end headers; hop-by-hop ones stay behind.
-fn copy_headers<'a>(from: impl Iterator<Item = (&'a str, &'a [u8])>, to: &mut HeaderMap) {
+pub(crate) fn copy_headers<'a>(
+    from: impl Iterator<Item = (&'a str, &'a [u8])>,
+    to: &mut HeaderMap,
+) {
     for (name, value) in from {
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
             || name.eq_ignore_ascii_case("upgrade")
@@ -553,7 +656,7 @@ fn copy_headers<'a>(from: impl Iterator<Item = (&'a str, &'a [u8])>, to: &mut He
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
     let mut response = Response::new(
         Full::new(Bytes::from(format!("{body}\n")))
             .map_err(|e| match e {})

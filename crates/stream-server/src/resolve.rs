@@ -13,21 +13,66 @@
 //!    never matters;
 //! 3. `Host` / `:authority` (a node name or IP).
 //!
-//! Node-level paths (stats, metrics) use 1 then 3. A lookup that fails (API unreachable)
+//! Node-level paths (stats, metrics) use 1 then 3. A connection opened for one node (an
+//! egress CONNECT, see [`crate::egress`]) always uses that node. Each node is looked up in
+//! this process's sessions first, then, with several replicas, in the replica directory,
+//! which may name another replica to forward to. A lookup that fails (API unreachable)
 //! falls through to `Host`; when that names no connected node either, the answer names both
 //! reasons.
 
 use http::{Request, StatusCode};
 use tunnel_session::{NodeKey, Session, SessionDirectory};
 
+use crate::forward::{RemoteHolder, ReplicaDirectory};
 use crate::node::{node_of_host, node_of_proxy_path};
 use crate::observe::RelayObserver;
 use crate::pods::{Placement, PodResolver};
 use crate::route::PodRef;
 
-/// A request's node, and its session.
-pub(crate) struct Target {
-    pub(crate) session: Session,
+/// Where a request's node is served.
+pub(crate) enum Target {
+    /// By a session of this process.
+    Local(Session),
+    /// By another replica, according to the replica directory.
+    Remote(RemoteHolder),
+}
+
+/// Where to look for a node: this process's sessions, then (with several replicas) the
+/// replica directory.
+pub(crate) struct Lookup<'a> {
+    pub(crate) sessions: &'a dyn SessionDirectory,
+    pub(crate) replicas: Option<&'a dyn ReplicaDirectory>,
+}
+
+impl Lookup<'_> {
+    pub(crate) fn locate(&self, key: NodeKey<'_>) -> Option<Target> {
+        if let Some(session) = self.sessions.find(key) {
+            return Some(Target::Local(session));
+        }
+        self.replicas?.locate(key).map(Target::Remote)
+    }
+
+    fn not_connected(&self, node: &str, why: &str) -> Unresolved {
+        let message = match self.replicas {
+            None => format!(
+                "no tunnel session for node {node}{why}: the node is not connected to this cloudstream"
+            ),
+            Some(replicas) => {
+                let stale = replicas
+                    .staleness()
+                    .map(|reason| format!(" (the replica directory may be out of date: {reason})"))
+                    .unwrap_or_default();
+                format!(
+                    "no tunnel session for node {node}{why}: the node is not connected to any cloudstream replica{stale}"
+                )
+            }
+        };
+        Unresolved {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            reason: "no_session",
+        }
+    }
 }
 
 /// Why no session serves a request: the status and text the client gets, and the short word
@@ -38,31 +83,26 @@ pub(crate) struct Unresolved {
     pub(crate) reason: &'static str,
 }
 
-impl Unresolved {
-    fn not_connected(node: &str, why: &str) -> Unresolved {
-        Unresolved {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "no tunnel session for node {node}{why}: the node is not connected to this cloudstream"
-            ),
-            reason: "no_session",
-        }
-    }
-}
-
-/// Finds the session for a request; `pod` is the pod a pod subresource names.
+/// Finds where a request's node is served; `pod` is the pod a pod subresource names and
+/// `pinned` the node the connection was opened for (an egress CONNECT), which wins.
 pub(crate) async fn resolve<B>(
     req: &Request<B>,
     pod: Option<&PodRef>,
-    directory: &dyn SessionDirectory,
+    pinned: Option<&str>,
+    lookup: &Lookup<'_>,
     pods: Option<&dyn PodResolver>,
     observer: &dyn RelayObserver,
 ) -> Result<Target, Unresolved> {
-    let find = |node: &str| directory.find(NodeKey::parse(node));
+    let find = |node: &str| {
+        lookup
+            .locate(NodeKey::parse(node))
+            .ok_or_else(|| lookup.not_connected(node, ""))
+    };
+    if let Some(node) = pinned {
+        return find(node);
+    }
     if let Some(node) = node_of_proxy_path(req) {
-        return find(&node)
-            .map(|session| Target { session })
-            .ok_or_else(|| Unresolved::not_connected(&node, ""));
+        return find(&node);
     }
     let host = node_of_host(req);
     let mut lookup_error = None;
@@ -73,15 +113,12 @@ pub(crate) async fn resolve<B>(
                 match answer.placement {
                     Placement::Node(node) => {
                         observer.pod_lookup(source, "found");
-                        return directory
-                            .find(NodeKey::Name(&node))
-                            .map(|session| Target { session })
-                            .ok_or_else(|| {
-                                Unresolved::not_connected(
-                                    &node,
-                                    &format!(" (pod {}/{} runs there)", pod.namespace, pod.name),
-                                )
-                            });
+                        return lookup.locate(NodeKey::Name(&node)).ok_or_else(|| {
+                            lookup.not_connected(
+                                &node,
+                                &format!(" (pod {}/{} runs there)", pod.namespace, pod.name),
+                            )
+                        });
                     }
                     Placement::NotFound => {
                         observer.pod_lookup(source, "not_found");
@@ -109,12 +146,10 @@ pub(crate) async fn resolve<B>(
         }
     }
     match (host, lookup_error) {
-        (Some(host), None) => find(&host)
-            .map(|session| Target { session })
-            .ok_or_else(|| Unresolved::not_connected(&host, "")),
+        (Some(host), None) => find(&host),
         (Some(host), Some((pod, error))) => {
-            find(&host)
-                .map(|session| Target { session })
+            lookup
+                .locate(NodeKey::parse(&host))
                 .ok_or_else(|| Unresolved {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     message: format!(

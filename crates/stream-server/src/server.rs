@@ -13,17 +13,21 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use tunnel_session::SessionDirectory;
 
+use crate::egress;
 use crate::error::Result;
+use crate::forward::Forwarding;
+use crate::identity::ClientIdentity;
 use crate::observe::{NoRelayObserver, RelayObserver};
 use crate::pods::PodResolver;
-use crate::relay::Relay;
+use crate::relay::{ConnectionInfo, Relay};
 
 /// Default time allowed for a client's TLS handshake and request head.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,6 +108,8 @@ pub struct StreamServer {
     acceptor: TlsAcceptor,
     directory: Arc<dyn SessionDirectory>,
     pods: Option<Arc<dyn PodResolver>>,
+    forwarding: Option<Forwarding>,
+    egress: Option<TcpListener>,
     observer: Arc<dyn RelayObserver>,
     config: StreamServerConfig,
 }
@@ -112,6 +118,11 @@ impl std::fmt::Debug for StreamServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamServer")
             .field("config", &self.config)
+            .field("forwarding", &self.forwarding)
+            .field(
+                "egress",
+                &self.egress.as_ref().and_then(|l| l.local_addr().ok()),
+            )
             .finish()
     }
 }
@@ -128,6 +139,8 @@ impl StreamServer {
             acceptor: TlsAcceptor::from(tls),
             directory,
             pods: None,
+            forwarding: None,
+            egress: None,
             observer: Arc::new(NoRelayObserver),
             config,
         }
@@ -145,6 +158,20 @@ impl StreamServer {
         self
     }
 
+    /// Forwards requests for nodes this process does not hold to the replica that does
+    /// (see [`crate::forward`]), and accepts requests other replicas forward here.
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> StreamServer {
+        self.forwarding = Some(forwarding);
+        self
+    }
+
+    /// Also serves kube-apiserver's egress proxy protocol (HTTP CONNECT to a node, then TLS)
+    /// on `listener` (see [`crate::egress`]).
+    pub fn with_egress(mut self, listener: TcpListener) -> StreamServer {
+        self.egress = Some(listener);
+        self
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and gives in-flight
     /// requests, upgraded streams included, the drain grace before cutting them.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
@@ -155,6 +182,7 @@ impl StreamServer {
         let relay = Arc::new(Relay {
             directory: self.directory.clone(),
             pods: self.pods.clone(),
+            forwarding: self.forwarding.clone(),
             observer: self.observer.clone(),
             response_timeout: self.config.response_timeout,
             compression: self.config.compression,
@@ -163,32 +191,64 @@ impl StreamServer {
             cut: cut.clone(),
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(self.config.max_connections));
+        let egress_listener = self.egress;
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
                 p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
-            let (tcp, peer) = tokio::select! {
+            let (tcp, peer, is_egress) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
+                    Ok((tcp, peer)) => (tcp, peer, false),
                     Err(e) => {
                         warn!(error = %e, "stream accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
+                accepted = accept_if_any(egress_listener.as_ref()) => match accepted {
+                    Ok((tcp, peer)) => (tcp, peer, true),
+                    Err(e) => {
+                        warn!(error = %e, "egress accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
             };
+            let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.clone();
             let relay = relay.clone();
             let timeout = self.config.handshake_timeout;
             let cut = cut.clone();
             let watcher = graceful.watcher();
             connections.spawn(async move {
-                serve_connection(tcp, peer, acceptor, relay, timeout, watcher, cut).await;
+                if is_egress {
+                    if let Some((tcp, node)) = egress::connect(tcp, peer, &relay, timeout).await {
+                        let pinned = ConnectionInfo {
+                            pinned_node: Some(node),
+                            ..ConnectionInfo::default()
+                        };
+                        serve_connection(tcp, peer, acceptor, relay, timeout, watcher, cut, pinned)
+                            .await;
+                    }
+                } else {
+                    serve_connection(
+                        tcp,
+                        peer,
+                        acceptor,
+                        relay,
+                        timeout,
+                        watcher,
+                        cut,
+                        ConnectionInfo::default(),
+                    )
+                    .await;
+                }
                 drop(permit);
             });
         }
+        drop(egress_listener);
         drop(listener);
         info!("stream server draining");
         let grace = self.config.drain_grace;
@@ -210,17 +270,32 @@ impl StreamServer {
     }
 }
 
-async fn serve_connection(
-    tcp: TcpStream,
+/// Accepts from `listener`, or never when there is none.
+async fn accept_if_any(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// TLS with a client certificate, then HTTP/1.1 or HTTP/2 until the client leaves. `info`
+/// carries what is known before TLS (the egress target); the client's identity is added.
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<IO>(
+    io: IO,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     relay: Arc<Relay>,
     timeout: Duration,
     watcher: hyper_util::server::graceful::Watcher,
     cut: CancellationToken,
-) {
-    let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    mut info: ConnectionInfo,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             info!(%peer, error = %e, "stream client refused at TLS");
@@ -231,9 +306,15 @@ async fn serve_connection(
             return;
         }
     };
+    info.identity = ClientIdentity::of(tls.get_ref().1);
+    if let Some(replica) = &info.identity.replica {
+        debug!(%peer, replica, "connection from another replica");
+    }
+    let info = Arc::new(info);
     let service = service_fn(move |req| {
         let relay = relay.clone();
-        async move { Ok::<_, Infallible>(relay.handle(req).await) }
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(relay.handle(req, &info).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

@@ -124,12 +124,23 @@ impl Scheduler {
         }
     }
 
-    /// The next message to write, if any; the session's GO_AWAY once no CONNECT is ahead of it.
+    /// The next message to write, if any: the session's GO_AWAY as soon as no CONNECT is
+    /// ahead of it, else the stream message with the smallest start tag.
     pub(crate) fn pop(&self) -> Option<Outbound> {
         let mut waker = None;
         let next = {
             let mut guard = self.lock();
             let inner = &mut *guard;
+            // GO_AWAY goes as soon as no CONNECT is ahead of it: waiting for every queue to
+            // run dry could hold it back for as long as bulk streams keep sending.
+            if inner.unsent_connects == 0
+                && let Some(msg) = inner.go_away.take()
+            {
+                return Some(Outbound {
+                    msg,
+                    budgeted: false,
+                });
+            }
             match inner.ready.pop_first() {
                 Some((start, id)) => {
                     inner.virtual_time = inner.virtual_time.max(start);
@@ -155,10 +166,6 @@ impl Scheduler {
                     }
                     Some(out)
                 }
-                None if inner.unsent_connects == 0 => inner.go_away.take().map(|msg| Outbound {
-                    msg,
-                    budgeted: false,
-                }),
                 None => None,
             }
         };
@@ -283,9 +290,9 @@ mod tests {
             order(&s),
             vec![
                 (1, MessageType::ExecConnect),
+                (0, MessageType::GoAway),
                 (1, MessageType::Data),
                 (1, MessageType::Fin),
-                (0, MessageType::GoAway)
             ]
         );
     }

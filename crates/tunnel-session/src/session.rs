@@ -653,9 +653,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         Dialect::Tether2 => DataKind::Binary,
     };
     let opcode = ws::data_opcode(data_kind);
-    // Allocated when there is something to write and released when the queues run dry, so
-    // an idle session holds no write buffer.
+    // Allocated when there is something to write and kept while traffic flows (a bulk
+    // stream's queue runs dry after every frame); released once a ping interval passes
+    // without a stream message, and at once after writing only pings and pongs, so an idle
+    // session holds no write buffer.
     let mut out = BytesMut::new();
+    let mut wrote = false;
     let period = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -670,7 +673,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         tokio::select! {
             biased;
             () = shared.writer_wake.notified() => {}
-            _ = ping.tick() => shared.push_ping(),
+            _ = ping.tick() => {
+                // A new interval: the buffer goes below unless stream messages flow in it.
+                wrote = false;
+                shared.push_ping();
+            }
         }
         // Batch by batch until every queue is empty; control messages go first in each.
         loop {
@@ -690,6 +697,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             while out.len() < WRITE_BATCH {
                 let Some(o) = shared.sched.pop() else { break };
+                wrote = true;
                 encode_message(&mut out, role, opcode, &o.msg);
                 if o.budgeted {
                     shared.budget.add_permits(1);
@@ -701,8 +709,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             write_all(io, shared, &out).await?;
             out.clear();
         }
-        // Every queue is empty: give the buffer back (see above).
-        out = BytesMut::new();
+        if !wrote {
+            out = BytesMut::new();
+        }
     }
 }
 

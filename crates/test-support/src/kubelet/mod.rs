@@ -78,7 +78,7 @@ use tokio_util::{
     task::TaskTracker,
 };
 
-pub use metrics::{METRICS_CONTENT_TYPE, metrics_text, stats_summary_json};
+pub use metrics::{METRICS_CONTENT_TYPE, cadvisor_series, metrics_text, stats_summary_json};
 
 use crate::pki::{Identity, TestPki};
 
@@ -141,6 +141,7 @@ pub struct TestKubeletBuilder {
     containers: BTreeMap<(String, String, String), ContainerSpec>,
     node_name: Option<String>,
     long_metrics_line: Option<usize>,
+    cadvisor_containers: usize,
     stream_creation_timeout: Option<Duration>,
 }
 
@@ -162,6 +163,13 @@ impl TestKubeletBuilder {
     /// Node name reported by `/stats/summary` (default `test-node`).
     pub fn node_name(mut self, name: &str) -> Self {
         self.node_name = Some(name.to_owned());
+        self
+    }
+
+    /// Adds cAdvisor series for `containers` containers to `/metrics/cadvisor` (see
+    /// [`cadvisor_series`]), so the body is as large as a busy node's.
+    pub fn cadvisor_containers(mut self, containers: usize) -> Self {
+        self.cadvisor_containers = containers;
         self
     }
 
@@ -217,6 +225,7 @@ impl TestKubeletBuilder {
             containers,
             node_name: self.node_name.unwrap_or_else(|| "test-node".to_owned()),
             long_metrics_line: self.long_metrics_line,
+            cadvisor_containers: self.cadvisor_containers,
             stream_creation_timeout: self
                 .stream_creation_timeout
                 .unwrap_or(Duration::from_secs(30)),
@@ -410,6 +419,7 @@ struct Shared {
     containers: HashMap<(String, String, String), Arc<Container>>,
     node_name: String,
     long_metrics_line: Option<usize>,
+    cadvisor_containers: usize,
     stream_creation_timeout: Duration,
     requests: Mutex<Vec<RecordedRequest>>,
     cancel: CancellationToken,
@@ -657,6 +667,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
                 &path,
                 req.headers(),
                 shared.long_metrics_line,
+                shared.cadvisor_containers,
             ))
         }
         ["healthz"] => Ok(full(StatusCode::OK, "ok")),
