@@ -555,6 +555,9 @@ fn connect_request<B>(req: &Request<B>, op: Operation, dialect: Dialect) -> Conn
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+#[cfg(test)]
+mod tests;
+
 /// A parsed kubelet response head and the bytes that followed it.
 struct Head {
     status: StatusCode,
@@ -613,7 +616,9 @@ async fn read_chunked<R: AsyncRead + Unpin>(first: Bytes, stream: &mut R) -> Res
                 if size == 0 {
                     return Ok(body.freeze());
                 }
-                if body.len() + size > MAX_CHUNKED_ERROR_BODY {
+                // `body` never exceeds the bound, so this cannot underflow; `body.len() + size`
+                // could overflow on a chunk size near u64::MAX (found by the fuzzer).
+                if size > MAX_CHUNKED_ERROR_BODY - body.len() {
                     return Err("the kubelet's error body is too large".into());
                 }
                 if raw.len() >= start + size + 2 {
