@@ -86,13 +86,37 @@ pub fn data_chunk(chunk: &usize) -> Result<(), String> {
     }
 }
 
-/// A tracing filter, e.g. `info` or `info,tunnel_session=debug`.
+/// Parses a tracing filter (`RUST_LOG` syntax, e.g. `info,tunnel_session=debug`) as both
+/// binaries install it.
+///
+/// Two departures from `EnvFilter::try_new`, both for input an operator controls but a typo
+/// can still make hostile:
+/// - Each comma-separated directive is trimmed first (`EnvFilter` trims them too, so nothing
+///   changes in meaning): tracing-subscriber 0.3.23 slices an untrimmed directive at offsets
+///   it found in the trimmed one, and panics when whitespace before a directive is followed
+///   by a multi-byte character.
+/// - Span field values match literally, not as regular expressions: a field pattern is
+///   compiled to a DFA, and a short one can take seconds and hundreds of MiB to build.
+///
+/// Both were found by the `config_tether` fuzz target.
+pub fn parse_log_filter(
+    filter: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let tidy = filter
+        .split(',')
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(tidy)
+}
+
+/// A tracing filter, e.g. `info` or `info,tunnel_session=debug` (see [`parse_log_filter`]).
 pub fn log_filter(level: &str) -> Result<(), String> {
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map(|_| ())
-        .map_err(|e| {
-            format!("not a log filter ({e}); e.g. \"info\" or \"info,tunnel_session=debug\"")
-        })
+    parse_log_filter(level).map(|_| ()).map_err(|e| {
+        format!("not a log filter ({e}); e.g. \"info\" or \"info,tunnel_session=debug\"")
+    })
 }
 
 /// An IP address, or nothing (empty or blank: not set).
@@ -161,6 +185,17 @@ mod tests {
         assert!(data_chunk(&0).is_err());
         assert!(data_chunk(&(stream_proto::MAX_DATA_LEN + 1)).is_err());
         log_filter("info,tunnel_session=debug").unwrap();
+        log_filter("info, tunnel_session=debug ").unwrap();
+        // Whitespace before a directive with a multi-byte character made tracing-subscriber
+        // panic (fuzz find); it is an error, or accepted, never a panic.
+        for odd in [
+            " \u{26d0}",
+            "info, x\u{26d0}[",
+            "  #\u{26d0}#=debug",
+            "\u{a0}\u{26d0}",
+        ] {
+            let _ = log_filter(odd);
+        }
         assert!(
             log_filter("=[")
                 .unwrap_err()
@@ -200,5 +235,20 @@ mod tests {
                 "{bad:?}: {problem}"
             );
         }
+    }
+
+    #[test]
+    fn a_span_field_pattern_is_matched_literally_not_compiled() {
+        // As a regular expression this takes minutes and GiBs to turn into a DFA (16 dots
+        // took 6 s, each one more doubles it); literally it is a string compare.
+        let filter = format!("x[s{{f=.*a{}}}]=debug", ".".repeat(40));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(parse_log_filter(&filter).is_ok());
+        });
+        let parsed = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("parsing the filter hung");
+        assert!(parsed);
     }
 }

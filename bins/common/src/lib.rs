@@ -13,6 +13,9 @@
 //! flags or signals.
 
 pub mod check;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kubeedge;
 pub mod process;
 pub mod setting;

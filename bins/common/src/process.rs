@@ -10,7 +10,7 @@ use crate::tether_file::{LogFormat, LogSettings};
 pub fn init_tracing(log: &LogSettings) {
     let filter = log.filter(std::env::var("RUST_LOG").ok());
     // `settings` checked the filter; a bad one here would be RUST_LOG, so fall back to info.
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    let filter = crate::check::parse_log_filter(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

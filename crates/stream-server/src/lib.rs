@@ -39,5 +39,8 @@ pub use error::{Error, Result};
 pub use forward::{Forwarding, RemoteHolder, ReplicaDirectory};
 pub use observe::{NoRelayObserver, RelayObserver};
 pub use pods::{Placement, PodResolver};
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use relay::fuzzing;
 pub use relay::{KUBEEDGE_KUBELET_HOST, MAX_RESPONSE_HEAD, ResponseBody};
 pub use server::{BodyCompression, StreamServer, StreamServerConfig};

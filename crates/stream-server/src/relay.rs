@@ -19,7 +19,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use stream_proto::{ConnectRequest, GoUrl, OpenResult, canonical_header_key};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, debug, info_span, warn};
 use tunnel_session::{Dialect, SessionDirectory, Stream};
 
@@ -546,6 +546,13 @@ fn connect_request<B>(req: &Request<B>, op: Operation, dialect: Dialect) -> Conn
     }
 }
 
+/// Entry points for the fuzz targets, re-exported as `stream_server::fuzzing`.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
+#[cfg(test)]
+mod tests;
+
 /// A parsed kubelet response head and the bytes that followed it.
 struct Head {
     status: StatusCode,
@@ -553,7 +560,7 @@ struct Head {
     rest: Bytes,
 }
 
-async fn read_head(stream: &mut Stream) -> Result<Head, String> {
+async fn read_head<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Head, String> {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -594,7 +601,7 @@ async fn read_head(stream: &mut Stream) -> Result<Head, String> {
 }
 
 /// Reads a small chunked body to its end and returns it decoded.
-async fn read_chunked(first: Bytes, stream: &mut Stream) -> Result<Bytes, String> {
+async fn read_chunked<R: AsyncRead + Unpin>(first: Bytes, stream: &mut R) -> Result<Bytes, String> {
     let mut raw = BytesMut::from(&first[..]);
     let mut body = BytesMut::new();
     loop {
@@ -604,7 +611,9 @@ async fn read_chunked(first: Bytes, stream: &mut Stream) -> Result<Bytes, String
                 if size == 0 {
                     return Ok(body.freeze());
                 }
-                if body.len() + size > MAX_CHUNKED_ERROR_BODY {
+                // `body` never exceeds the bound, so this cannot underflow; `body.len() + size`
+                // could overflow on a chunk size near u64::MAX (found by the fuzzer).
+                if size > MAX_CHUNKED_ERROR_BODY - body.len() {
                     return Err("the kubelet's error body is too large".into());
                 }
                 if raw.len() >= start + size + 2 {

@@ -139,6 +139,18 @@ impl Batch {
         }
     }
 
+    /// Everything gathered, joined (what `write_to` would write), for the fuzz target that
+    /// checks our framing against our reader without a runtime.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn into_vec(mut self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for segment in self.segments.drain(..) {
+            out.extend_from_slice(&segment);
+        }
+        out.extend_from_slice(&self.inline);
+        out
+    }
+
     /// Lets go of the buffers (an idle session holds none).
     pub(crate) fn release(&mut self) {
         *self = Batch::default();

@@ -25,6 +25,9 @@ pub mod client;
 pub mod config;
 pub mod dialect;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod pump;
 pub mod registry;
 mod sched;

@@ -45,6 +45,10 @@ use crate::registry::Registry;
 use crate::session::{Session, SessionParams};
 use crate::tls;
 
+/// The handshake check, reachable by the fuzz targets (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_check;
+
 /// Default time allowed for the TLS handshake plus the upgrade request, from taking a handshake
 /// slot (KubeEdge: 2 s for the upgrade alone; weak links need more for TLS).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
