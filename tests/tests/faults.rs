@@ -922,9 +922,6 @@ async fn a_client_that_never_reads_on_a_stock_edge_is_cut_after_the_stall_limit(
 /// (close the client's connection, free the stream's buffer, count it closed) rather than
 /// hold it for as long as the client neither reads nor leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: stream-server's upgrade bridge cannot see a stream cut by the stall limit \
-            while it is blocked writing to a silent client; tunnel-session's Stream offers no \
-            handle to wait for its end beside copy_bidirectional (see the faults report)"]
 async fn a_stream_cut_by_the_stall_limit_is_let_go_while_its_client_is_silent() {
     let s = stock_stall().await;
     let cloud_probe = s.cloud.probe().unwrap();

@@ -119,6 +119,7 @@ pub(crate) fn request_head(
 /// DATA messages' buffers.
 async fn relay(mut stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Result<Finish, Error> {
     let half_close = stream.dialect() == Dialect::Tether2;
+    let failure = stream.failure_watch();
     let (mut cloud_rx, mut cloud_tx) = stream.halves();
     let (mut kubelet_rx, mut kubelet_tx) = tokio::io::split(kubelet);
     let up = async {
@@ -144,28 +145,36 @@ async fn relay(mut stream: Stream, kubelet: KubeletIo, tally: &mut Tally) -> Res
                 PumpError::Write(_) => None,
             })
     };
-    let result = if half_close {
-        let mut up = std::pin::pin!(up);
-        let mut down = std::pin::pin!(down);
-        tokio::select! {
-            r = &mut up => match r {
-                // The cloud gave up: nothing more to do in either direction.
-                Err(None) => Err(None),
-                // Upstream is done (FIN passed on), or the kubelet stopped reading (its
-                // process exited): what the kubelet still sends, such as an exit status,
-                // must reach the cloud, so the downstream direction runs to its end.
-                Ok(()) | Err(Some(_)) => down.await,
-            },
-            r = &mut down => match r {
-                Ok(()) => up.await,
-                Err(e) => Err(e),
-            },
+    let copies = async {
+        if half_close {
+            let mut up = std::pin::pin!(up);
+            let mut down = std::pin::pin!(down);
+            tokio::select! {
+                r = &mut up => match r {
+                    // The cloud gave up: nothing more to do in either direction.
+                    Err(None) => Err(None),
+                    // Upstream is done (FIN passed on), or the kubelet stopped reading (its
+                    // process exited): what the kubelet still sends, such as an exit status,
+                    // must reach the cloud, so the downstream direction runs to its end.
+                    Ok(()) | Err(Some(_)) => down.await,
+                },
+                r = &mut down => match r {
+                    Ok(()) => up.await,
+                    Err(e) => Err(e),
+                },
+            }
+        } else {
+            tokio::select! {
+                r = up => r,
+                r = down => r,
+            }
         }
-    } else {
-        tokio::select! {
-            r = up => r,
-            r = down => r,
-        }
+    };
+    // A stream the cloud reset (or lost with the session) ends the relay even while both
+    // copies wait on the kubelet (an exec that neither reads stdin nor prints).
+    let result = tokio::select! {
+        r = copies => r,
+        _ = failure.failed() => Err(None),
     };
     // Dropping the halves closes the kubelet connection; the stream's drop tells the cloud
     // if it does not know yet (a reset, or KubeEdge's REMOVE_CONNECT echo).

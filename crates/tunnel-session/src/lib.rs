@@ -46,4 +46,4 @@ pub use dialect::{Dialect, NodeIdentity, Role};
 pub use error::{Error, Result};
 pub use registry::{NodeKey, Registry, SessionDirectory};
 pub use session::{Incoming, IncomingStream, Session, SessionDriver, SessionParams, SessionStats};
-pub use stream::{ConnectKind, Stream, StreamReader, StreamWriter};
+pub use stream::{ConnectKind, FailureWatch, Stream, StreamReader, StreamWriter};

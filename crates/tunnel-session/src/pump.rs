@@ -98,19 +98,30 @@ pub async fn from_stream<W: AsyncWrite + Unpin>(
 /// Relays both ways between `stream` and `other` until both directions have ended, each end
 /// of file passed on as a shutdown, like `tokio::io::copy_bidirectional`; the first error
 /// ends both. Returns the bytes moved (other → stream, stream → other).
+///
+/// A stream that fails (reset, cut by the stall limit, session lost) ends the bridge at
+/// once, even while it is blocked on `other` (a client that neither reads nor writes);
+/// what was still buffered for `other` is dropped with it.
 pub async fn bridge<T: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut Stream,
     other: &mut T,
 ) -> io::Result<(u64, u64)> {
+    let failure = stream.failure_watch();
     let (mut stream_rx, mut stream_tx) = stream.halves();
     let (mut other_rx, mut other_tx) = tokio::io::split(other);
     let (mut up, mut down) = (0, 0);
-    let result = tokio::try_join!(
-        into_stream(&mut other_rx, &mut stream_tx, &mut up),
-        from_stream(&mut stream_rx, &mut other_tx, &mut down),
-    );
+    let copies = async {
+        tokio::try_join!(
+            into_stream(&mut other_rx, &mut stream_tx, &mut up),
+            from_stream(&mut stream_rx, &mut other_tx, &mut down),
+        )
+    };
+    let result = tokio::select! {
+        r = copies => r.map(|_| ()),
+        e = failure.failed() => Err(PumpError::Read(e)),
+    };
     match result {
-        Ok(_) => Ok((up, down)),
+        Ok(()) => Ok((up, down)),
         Err(e) => Err(e.into_inner()),
     }
 }

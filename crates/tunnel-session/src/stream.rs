@@ -133,6 +133,9 @@ struct State {
     reset_sent: bool,
     /// The local handle is gone; late data is dropped.
     detached: bool,
+    /// Why the stream failed (reset, cut, or lost with its session) before the peer ended
+    /// its direction; `None` while it is healthy or once it ended in order.
+    failure: Option<String>,
 }
 
 impl StreamShared {
@@ -163,6 +166,7 @@ impl StreamShared {
                 remove_received: false,
                 reset_sent: false,
                 detached: false,
+                failure: None,
             }),
             space: Notify::new(),
             closed: Notify::new(),
@@ -234,6 +238,11 @@ impl StreamShared {
         let mut st = self.lock();
         if st.recv_end.is_none() {
             st.recv_end = Some(End::Failed(reason.to_owned()));
+            // Only a failure that cuts the incoming direction counts for `FailureWatch`: a
+            // reset behind the peer's FIN (a tether/2 edge resets an exec whose process
+            // exited while the client's stdin was open) must not cut short the delivery of
+            // what the FIN completed.
+            st.failure = Some(reason.to_owned());
         }
         if st.send_end.is_none() {
             st.send_end = Some(End::Failed(reason.to_owned()));
@@ -381,6 +390,14 @@ impl Stream {
         }
     }
 
+    /// A handle that resolves when this stream fails, usable while the stream is split
+    /// into [`Stream::halves`]; see [`FailureWatch`].
+    pub fn failure_watch(&self) -> FailureWatch {
+        FailureWatch {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Bytes received and not yet read.
     pub fn buffered(&self) -> usize {
         self.shared.buffered()
@@ -494,6 +511,41 @@ impl Stream {
                     false,
                 );
             }
+        }
+    }
+}
+
+/// Resolves when a stream fails before the peer ended its direction: reset by either peer,
+/// cut by its session (the stall limit, a window overrun) or lost with the session. Orderly
+/// ends (FIN, KubeEdge's REMOVE_CONNECT), and a failure after one, do not count: what they
+/// completed is still delivered.
+///
+/// A relay that may block on its other side (writing to a client that does not read,
+/// reading from one that sends nothing) waits on this beside its copies, so a failed stream
+/// is let go at once instead of when that side moves again. Taken with
+/// [`Stream::failure_watch`].
+#[derive(Clone)]
+pub struct FailureWatch {
+    shared: Arc<StreamShared>,
+}
+
+impl fmt::Debug for FailureWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureWatch")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl FailureWatch {
+    /// Waits until the stream fails, and says why (an `io::ErrorKind::ConnectionReset`).
+    pub async fn failed(&self) -> io::Error {
+        loop {
+            let notified = self.shared.closed.notified();
+            if let Some(reason) = &self.shared.lock().failure {
+                return io_error(&End::Failed(reason.clone()), self.shared.id);
+            }
+            notified.await;
         }
     }
 }

@@ -513,3 +513,78 @@ async fn pumps_relay_byte_exact_both_ways_without_a_buffer_between() {
         }
     }
 }
+
+/// How long a test waits for something that must happen before it calls it a hang.
+const HANG: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_bridge_lets_go_of_a_reset_stream_while_its_client_neither_reads_nor_writes() {
+    use tunnel_session::pump;
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut cloud_stream = p
+        .cloud
+        .open(ConnectKind::Exec, request("/exec/ns/p/c"))
+        .await
+        .unwrap();
+    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    // The client's pipe holds 1 KiB and the client never touches it.
+    let (_client, bridge_end) = tokio::io::duplex(1024);
+    let bridge = tokio::spawn(async move {
+        let mut bridge_end = bridge_end;
+        pump::bridge(&mut cloud_stream, &mut bridge_end).await
+    });
+    // More than the pipe holds, so the bridge blocks writing to the client.
+    edge_stream.write_all(&pattern(32 * 1024, 1)).await.unwrap();
+    edge_stream.reset(
+        tunnel_session::stream_proto::ResetCode::Internal,
+        "the kubelet went away",
+    );
+    let result = tokio::time::timeout(HANG, bridge)
+        .await
+        .expect("the bridge let go of the reset stream")
+        .unwrap();
+    let e = result.expect_err("a reset stream ends the bridge with an error");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+}
+
+#[tokio::test]
+async fn a_reset_behind_a_fin_does_not_cut_short_what_the_fin_completed() {
+    use tunnel_session::pump;
+    let mut p = pair(Dialect::Tether2, SessionConfig::default());
+    let mut cloud_stream = p
+        .cloud
+        .open(ConnectKind::Exec, request("/exec/ns/p/c"))
+        .await
+        .unwrap();
+    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    let (mut client, bridge_end) = tokio::io::duplex(1024);
+    let bridge = tokio::spawn(async move {
+        let mut bridge_end = bridge_end;
+        pump::bridge(&mut cloud_stream, &mut bridge_end).await
+    });
+    // An exec whose process printed and exited while the client's stdin was open: the edge
+    // sends the output, FIN, then resets the stream it no longer needs.
+    let output = pattern(200 * 1024, 5);
+    let sent = output.clone();
+    let edge = tokio::spawn(async move {
+        edge_stream.write_all(&sent).await.unwrap();
+        edge_stream.shutdown().await.unwrap();
+        edge_stream.reset(
+            tunnel_session::stream_proto::ResetCode::Internal,
+            "the process exited",
+        );
+    });
+    let mut got = Vec::new();
+    // The client reads slowly (1 KiB pipe), long after the reset arrived.
+    client.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == output,
+        "the output was cut short: {} bytes",
+        got.len()
+    );
+    edge.await.unwrap();
+    client.shutdown().await.unwrap();
+    let _ = tokio::time::timeout(HANG, bridge)
+        .await
+        .expect("the bridge ends once the client has left");
+}
