@@ -698,13 +698,16 @@ struct Round {
     dial_cpu: f64,
     with_fds: usize,
     with_rss: u64,
+    /// VmRSS 6, 10 and 15 s after the last session connected: jemalloc returns the pages
+    /// the connect burst freed (TLS handshakes) over its 10 s dirty-page decay.
+    later_rss: Vec<u64>,
     after_fds: usize,
     close_time: Duration,
     after_rss: u64,
 }
 
-/// Opens every session in `configs` (32 handshakes at a time), holds them for 3 s, reads
-/// cloudstream's RSS, closes them all and waits until cloudstream has let go of the sockets.
+/// Opens every session in `configs` (32 handshakes at a time), holds them for 15 s, reads
+/// cloudstream's RSS at 3, 6, 10 and 15 s, closes them all and waits until cloudstream has let go of the sockets.
 async fn hold_round(pid: u32, base_fds: usize, configs: &[DialConfig]) -> Result<Round> {
     let t = Instant::now();
     let cpu0 = cpu_ticks(&pid.to_string());
@@ -741,6 +744,11 @@ async fn hold_round(pid: u32, base_fds: usize, configs: &[DialConfig]) -> Result
     let with_fds = fd_count(pid);
     let with_rss = vm_rss_kib(pid);
     let alive = sessions.iter().filter(|(s, _, _)| !s.is_closed()).count();
+    let mut later_rss = Vec::new();
+    for wait in [3, 4, 5] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        later_rss.push(vm_rss_kib(pid));
+    }
 
     let t = Instant::now();
     for (s, _, _) in &sessions {
@@ -766,6 +774,7 @@ async fn hold_round(pid: u32, base_fds: usize, configs: &[DialConfig]) -> Result
         dial_cpu,
         with_fds,
         with_rss,
+        later_rss,
         after_fds,
         close_time,
         after_rss,
@@ -842,6 +851,17 @@ async fn idle_sessions(world: &World, k: usize, stock: bool) -> Result<String> {
             out,
             "  with the sessions: VmRSS {} KiB, {} fds => {per:.1} KiB per session (target ≤ 12 KiB; KubeEdge ~55 KiB)",
             r.with_rss, r.with_fds
+        )?;
+        let settled = r.later_rss.last().copied().unwrap_or(r.with_rss);
+        writeln!(
+            out,
+            "  VmRSS 6 / 10 / 15 s after connecting: {:?} KiB => {:.1} KiB per session at 15 s",
+            r.later_rss,
+            if r.held > 0 {
+                settled.saturating_sub(base_rss) as f64 / r.held as f64
+            } else {
+                0.0
+            }
         )?;
         writeln!(
             out,
