@@ -609,7 +609,7 @@ mod tests {
                 name: name.into(),
                 ip: None,
             },
-            config: SessionConfig::default(),
+            config: std::sync::Arc::new(SessionConfig::default()),
             peer_window: 0,
             leftover: Bytes::new(),
         };

@@ -189,7 +189,7 @@ async fn dial_inner(config: &DialConfig) -> Result<(Session, Incoming, SessionDr
         role: Role::Edge,
         dialect,
         node: config.node.clone(),
-        config: config.session.clone(),
+        config: Arc::new(config.session.clone()),
         peer_window,
         leftover,
     };

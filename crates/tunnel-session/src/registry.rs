@@ -220,7 +220,7 @@ mod tests {
                 name: name.into(),
                 ip: ip.map(|i| i.parse().unwrap()),
             },
-            config: SessionConfig::default(),
+            config: std::sync::Arc::new(SessionConfig::default()),
             peer_window: 0,
             leftover: bytes::Bytes::new(),
         };

@@ -14,11 +14,13 @@
 //! answered upgrade (a peer that sends nothing, or trickles bytes, is cut at it).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming as HyperBody;
@@ -183,6 +185,8 @@ pub struct TunnelServer {
     acceptor: TlsAcceptor,
     registry: Arc<Registry>,
     config: TunnelServerConfig,
+    /// `config.session`, shared by every session rather than copied into each.
+    session_config: Arc<SessionConfig>,
     observer: Arc<dyn TunnelObserver>,
 }
 
@@ -205,6 +209,7 @@ impl TunnelServer {
         TunnelServer {
             acceptor: TlsAcceptor::from(tls),
             registry,
+            session_config: Arc::new(config.session.clone()),
             config,
             observer: Arc::new(NoObserver),
         }
@@ -225,6 +230,17 @@ impl TunnelServer {
     /// told to go away, open streams get the drain grace, and the remaining sessions are
     /// closed. Returns once every connection task has ended.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+        // Shared by reference: every session task holds the server for its whole life, and
+        // ten thousand idle sessions should each pay for a pointer, not a copy.
+        let this = Arc::new(self);
+        this.accept_until(listener, shutdown).await
+    }
+
+    async fn accept_until(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
         let tracker = TaskTracker::new();
         let admission = Arc::new(Admission::new(
             Limits {
@@ -265,7 +281,7 @@ impl TunnelServer {
                 self.observer.refused(Refusal::SourceLimit);
                 continue;
             };
-            let server = self.clone();
+            let server = Arc::clone(self);
             let task_tracker = tracker.clone();
             let stop = sessions_done.clone();
             let admitted = Admitted {
@@ -310,7 +326,7 @@ impl TunnelServer {
     /// of its own) or it is refused. The wait for a handshake slot is bounded by
     /// `admitted.queued_until`, the handshake itself by the handshake timeout.
     async fn connection(
-        self,
+        self: Arc<Self>,
         tcp: TcpStream,
         peer: SocketAddr,
         admitted: Admitted,
@@ -352,9 +368,9 @@ impl TunnelServer {
             }
         };
         let identity = tls::peer_node_name(tls.get_ref().1).map_err(|e| e.to_string());
-        let server = self.clone();
+        let server = Arc::clone(&self);
         let service = service_fn(move |req: Request<HyperBody>| {
-            let server = server.clone();
+            let server = Arc::clone(&server);
             let identity = identity.clone();
             let tracker = tracker.clone();
             let stop = stop.clone();
@@ -393,7 +409,7 @@ impl TunnelServer {
     /// Checks an upgrade request; on success answers 101 and starts the session, which holds
     /// the `connection` slot until it ends.
     fn upgrade(
-        &self,
+        self: &Arc<Self>,
         mut req: Request<HyperBody>,
         peer: SocketAddr,
         identity: Result<String, String>,
@@ -414,10 +430,17 @@ impl TunnelServer {
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(v) = HeaderValue::from_str(&accepted.accept_key) {
+        // Taken apart: the session task keeps only what the session needs.
+        let Accepted {
+            node,
+            dialect,
+            peer_window,
+            accept_key,
+        } = accepted;
+        if let Ok(v) = HeaderValue::from_str(&accept_key) {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, v);
         }
-        if accepted.dialect == Dialect::Tether2 {
+        if dialect == Dialect::Tether2 {
             headers.insert(PROTOCOL_HEADER, HeaderValue::from_static(PROTOCOL_TETHER2));
             headers.insert(
                 WINDOW_HEADER,
@@ -425,8 +448,18 @@ impl TunnelServer {
             );
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
-        let server = self.clone();
-        let span = info_span!("session", node = %accepted.node.name, dialect = %accepted.dialect);
+        let server = Arc::clone(self);
+        let span = info_span!("session", node = %node.name, dialect = %dialect);
+        let start = SessionStart {
+            node,
+            dialect,
+            peer_window,
+        };
+        // This task waits for the upgrade, then hands the session to a task of its own,
+        // built by a plain function: an async block keeps room for everything it captured
+        // and every value it held across an await for as long as it lives, so a session
+        // run inside this one would carry the upgrade's state for the session's life.
+        let session_tracker = tracker.clone();
         tracker.spawn(
             async move {
                 let upgraded = match on_upgrade.await {
@@ -441,27 +474,33 @@ impl TunnelServer {
                         Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
                         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), Bytes::new()),
                     };
-                server.run_session(io, accepted, leftover, stop).await;
-                drop(connection);
+                if let Some(session) = server.start_session(io, start, leftover, &stop, connection)
+                {
+                    let session = session.instrument(tracing::Span::current());
+                    session_tracker.spawn(session);
+                }
             }
             .instrument(span),
         );
         response
     }
 
-    async fn run_session(
-        &self,
+    /// Registers the session and returns the future that runs it, or `None` if it lost a
+    /// race for its node IP after the check.
+    fn start_session(
+        self: &Arc<Self>,
         io: Box<dyn crate::session::Io>,
-        accepted: Accepted,
+        start: SessionStart,
         leftover: Bytes,
-        stop: CancellationToken,
-    ) {
+        stop: &CancellationToken,
+        connection: Arc<OwnedSemaphorePermit>,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         let params = SessionParams {
             role: Role::Cloud,
-            dialect: accepted.dialect,
-            node: accepted.node,
-            config: self.config.session.clone(),
-            peer_window: accepted.peer_window,
+            dialect: start.dialect,
+            node: start.node,
+            config: Arc::clone(&self.session_config),
+            peer_window: start.peer_window,
             leftover,
         };
         let (session, _incoming, driver) = Session::establish(io, params);
@@ -469,7 +508,7 @@ impl TunnelServer {
             // Lost a race with another node for the same IP after the check.
             warn!(error = %e, "session refused after the upgrade");
             self.observer.refused(Refusal::IpConflict);
-            return;
+            return None;
         }
         // Requests can reach the node from now on; the first frame tells a tether edge so.
         if session.dialect() == Dialect::Tether2 {
@@ -480,12 +519,16 @@ impl TunnelServer {
         if stop.is_cancelled() {
             session.drain("the cloud is shutting down");
         }
-        let result = driver.run().await;
-        self.registry.remove_if_same(&session);
-        self.observer.session_ended(&session);
-        if let Err(e) = result {
-            info!(node = %session.node().name, error = %e, "session failed");
-        }
+        let server = Arc::clone(self);
+        // `map` rather than an async block: the block would keep a second copy of the driver.
+        Some(driver.run().map(move |result| {
+            server.registry.remove_if_same(&session);
+            server.observer.session_ended(&session);
+            if let Err(e) = result {
+                info!(node = %session.node().name, error = %e, "session failed");
+            }
+            drop(connection);
+        }))
     }
 
     fn check(
@@ -619,6 +662,13 @@ struct Accepted {
     dialect: Dialect,
     peer_window: u32,
     accept_key: String,
+}
+
+/// What a session task keeps from its upgrade request until the upgrade completes.
+struct SessionStart {
+    node: NodeIdentity,
+    dialect: Dialect,
+    peer_window: u32,
 }
 
 fn plain(status: StatusCode, reason: String) -> Response<Full<Bytes>> {

@@ -53,8 +53,8 @@ pub struct SessionParams {
     pub dialect: Dialect,
     /// The edge node this session is for.
     pub node: NodeIdentity,
-    /// Tunables.
-    pub config: SessionConfig,
+    /// Tunables, shared by reference: a server hands the same copy to all its sessions.
+    pub config: Arc<SessionConfig>,
     /// The per-stream window the peer announced at the handshake (tether/2; ignored for
     /// KubeEdge): its [`SessionConfig::announced_window`].
     pub peer_window: u32,
@@ -127,7 +127,7 @@ pub(crate) struct Shared {
     pub(crate) role: Role,
     pub(crate) dialect: Dialect,
     pub(crate) node: NodeIdentity,
-    pub(crate) config: SessionConfig,
+    pub(crate) config: Arc<SessionConfig>,
     peer_window: u32,
     streams: Mutex<HashMap<ConnectId, Arc<StreamShared>>>,
     next_id: AtomicU64,
@@ -642,7 +642,6 @@ impl SessionDriver {
         let result = tokio::select! {
             r = read_loop(&shared, &mut reader, incoming_tx.as_ref()) => r,
             r = write_loop(&mut write_half, &shared, ws_role) => r,
-            r = watchdog(&shared) => r,
             () = shared.cancel.cancelled() => Ok(()),
         };
         let reason = match &result {
@@ -672,18 +671,20 @@ impl SessionDriver {
     }
 }
 
-async fn watchdog(shared: &Shared) -> Result<()> {
+/// The dead-peer check, made on every ping tick of the writer rather than by a timer of its
+/// own: one timer less in each of thousands of idle sessions. `dead_after` is longer than
+/// the ping interval (the configuration is checked), so a silent peer is declared dead
+/// within one ping interval after the deadline; a writer blocked on a peer that does not
+/// read is ended by its write deadline instead.
+fn check_alive(shared: &Shared) -> Result<()> {
     let dead_after = shared.config.dead_after.as_micros() as u64;
-    let tick = (shared.config.dead_after / 4).max(Duration::from_millis(10));
-    loop {
-        tokio::time::sleep(tick).await;
-        let last = shared.last_received.load(Ordering::Relaxed);
-        if shared.now_micros().saturating_sub(last) > dead_after {
-            return Err(Error::Timeout(
-                "waiting for the peer: it sent nothing within the dead-peer deadline",
-            ));
-        }
+    let last = shared.last_received.load(Ordering::Relaxed);
+    if shared.now_micros().saturating_sub(last) > dead_after {
+        return Err(Error::Timeout(
+            "waiting for the peer: it sent nothing within the dead-peer deadline",
+        ));
     }
+    Ok(())
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -717,6 +718,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             biased;
             () = shared.writer_wake.notified() => {}
             _ = ping.tick() => {
+                check_alive(shared)?;
                 // A new interval: the buffer goes below unless stream messages flow in it.
                 wrote = false;
                 shared.push_ping();
@@ -911,7 +913,10 @@ async fn deliver(shared: &Shared, stream: &Arc<StreamShared>, data: Bytes) {
                 return;
             }
             Push::Full => {
-                let waited = tokio::time::timeout_at(deadline, space).await;
+                // Boxed: the wait (a timer and a notification, ~200 bytes) would otherwise be
+                // part of every session's reader task, idle or not; it is allocated only
+                // while a stream is full.
+                let waited = Box::pin(tokio::time::timeout_at(deadline, space)).await;
                 // Reading is paused on purpose: the peer's silence meanwhile is ours.
                 shared
                     .last_received

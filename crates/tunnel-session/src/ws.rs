@@ -49,7 +49,7 @@ pub(crate) enum WsEvent {
 /// Room for the next read while the tunnel is quiet: pings (at most 139 bytes framed) and
 /// small messages fit, and an idle session (thousands share one process) holds no more than
 /// this. A larger message makes the reader busy, and the buffer grows for it.
-const IDLE_READ: usize = 256;
+const IDLE_READ: usize = 160;
 /// Room for the next read while data is flowing (the last read filled the room it had).
 const BUSY_READ: usize = 64 * 1024;
 /// Room beyond [`BUSY_READ`] so that a frame of a 64 KiB DATA chunk (the default largest)

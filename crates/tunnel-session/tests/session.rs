@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +40,7 @@ fn pair(dialect: Dialect, config: SessionConfig) -> Pair {
         role,
         dialect,
         node: node.clone(),
-        config: config.clone(),
+        config: Arc::new(config.clone()),
         peer_window: config.announced_window(),
         leftover: Bytes::new(),
     };
@@ -257,7 +258,7 @@ async fn a_silent_peer_is_declared_dead() {
             name: "edge-1".into(),
             ip: None,
         },
-        config,
+        config: Arc::new(config),
         peer_window: 0,
         leftover: Bytes::new(),
     };
