@@ -186,18 +186,55 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts a workspace binary for a test, with debug logs of the tunnel crates.
     pub fn spawn(name: &str, args: &[&str], log: PathBuf) -> Result<Process> {
+        // TETHER_TEST_RUST_LOG: another filter for the binaries (e.g. `trace` to follow every
+        // tunnel message while a test runs).
+        let rust_log = std::env::var("TETHER_TEST_RUST_LOG").unwrap_or_else(|_| {
+            "info,tunnel_session=debug,stream_server=debug,edge_stream=debug".into()
+        });
+        Process::launch(
+            name,
+            binary(name)?.into_os_string(),
+            &[],
+            args,
+            &rust_log,
+            log,
+        )
+    }
+
+    /// Starts a workspace binary for a benchmark: `info` logs unless `TETHER_BENCH_LOG` says
+    /// otherwise (debug logs would be measured too), and run under a tool when
+    /// `TETHER_BENCH_WRAP_<NAME>` names one (`TETHER_BENCH_WRAP_CLOUDSTREAM="heaptrack -o
+    /// /tmp/cs"`: the tool gets the binary's path and its arguments).
+    pub fn spawn_bench(name: &str, args: &[&str], log: PathBuf) -> Result<Process> {
+        let rust_log = std::env::var("TETHER_BENCH_LOG").unwrap_or_else(|_| "info".into());
+        let wrap =
+            std::env::var(format!("TETHER_BENCH_WRAP_{}", name.to_uppercase())).unwrap_or_default();
+        let mut words: Vec<std::ffi::OsString> = wrap.split_whitespace().map(Into::into).collect();
+        let binary = binary(name)?.into_os_string();
+        let program = if words.is_empty() {
+            binary
+        } else {
+            words.push(binary);
+            words.remove(0)
+        };
+        Process::launch(name, program, &words, args, &rust_log, log)
+    }
+
+    fn launch(
+        name: &str,
+        program: std::ffi::OsString,
+        program_args: &[std::ffi::OsString],
+        args: &[&str],
+        rust_log: &str,
+        log: PathBuf,
+    ) -> Result<Process> {
         let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new(binary(name)?)
+        let mut child = Command::new(program)
+            .args(program_args)
             .args(args)
-            .env(
-                "RUST_LOG",
-                // TETHER_TEST_RUST_LOG: another filter for the binaries (e.g. `trace` to follow
-                // every tunnel message while a benchmark runs).
-                std::env::var("TETHER_TEST_RUST_LOG").unwrap_or_else(|_| {
-                    "info,tunnel_session=debug,stream_server=debug,edge_stream=debug".into()
-                }),
-            )
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

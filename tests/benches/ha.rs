@@ -14,7 +14,8 @@
 //!
 //! Knobs: `TETHER_BENCH_RTT` (round trips, default 2000), `TETHER_BENCH_MIB` (bulk size,
 //! default 256), `TETHER_BENCH_RUNS` (default 3, median), `TETHER_BENCH_SESSIONS` (default
-//! 10000; 0 skips).
+//! 10000; 0 skips), and as in the tunnel bench `TETHER_BENCH_LOG` (the binaries' `RUST_LOG`,
+//! default `info`) and `TETHER_BENCH_WRAP_CLOUDSTREAM` / `_EDGESTREAM`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -28,11 +29,10 @@ use anyhow::{Context, Result, bail, ensure};
 use http::StatusCode;
 use test_support::client::{BoxIo, Event, body_bytes, exec_ws, http_get};
 use test_support::kubelet::{ContainerSpec, TestKubelet};
-use tether_e2e::{World, binary};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tether_e2e::{Process, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tunnel_session::client::{DialConfig, dial};
 use tunnel_session::{NodeIdentity, SessionConfig};
 
@@ -47,58 +47,6 @@ fn env_num(name: &str, default: u64) -> u64 {
 
 // ---------------------------------------------------------------------------------------
 // processes
-
-struct Bin {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Bin {
-    fn spawn(name: &str, args: &[&str], log: PathBuf) -> Result<Bin> {
-        let file = std::fs::File::create(&log)?;
-        let mut child = Command::new(binary(name)?)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, lines) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Bin { child, lines, log })
-    }
-
-    async fn wait_line(&mut self, needle: &str) -> Result<String> {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(needle) {
-                    return Ok(line);
-                }
-            }
-            bail!("exited before printing {needle:?}")
-        };
-        match tokio::time::timeout(Duration::from_secs(30), wait).await {
-            Ok(r) => {
-                r.map_err(|e| e.context(std::fs::read_to_string(&self.log).unwrap_or_default()))
-            }
-            Err(_) => bail!("did not print {needle:?}"),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-}
 
 struct Etcd {
     _dir: tempfile::TempDir,
@@ -161,7 +109,7 @@ async fn start_etcd() -> Result<Etcd> {
 }
 
 struct Replica {
-    bin: Bin,
+    bin: Process,
     tunnel: SocketAddr,
     stream: SocketAddr,
     admin: SocketAddr,
@@ -190,7 +138,8 @@ async fn start_replica(world: &World, etcd: &Etcd, id: &str) -> Result<Replica> 
         "--peer-key",
         &key,
     ];
-    let mut bin = Bin::spawn("cloudstream", &args, world.path(&format!("cloud-{id}.log")))?;
+    let mut bin =
+        Process::spawn_bench("cloudstream", &args, world.path(&format!("cloud-{id}.log")))?;
     let line = bin.wait_line("cloudstream listening").await?;
     let field = |name: &str| -> Result<SocketAddr> {
         let prefix = format!("{name}=");
@@ -351,7 +300,7 @@ async fn run() -> Result<()> {
         .edgecore("edge-1", "10.0.0.11", a.tunnel, kubelet.addr(), "edge-1")?
         .to_string_lossy()
         .into_owned();
-    let mut edge = Bin::spawn(
+    let mut edge = Process::spawn_bench(
         "edgestream",
         &["--config", &edge_config],
         world.path("edge.log"),
@@ -402,7 +351,12 @@ async fn run() -> Result<()> {
         ("forwarded (b → a)", b.stream),
     ] {
         exec_download(&world, via, 4 << 20).await?;
-        let pids = [a.bin.pid(), b.bin.pid(), edge.pid(), 0];
+        let pids = [
+            a.bin.pid().unwrap_or(0),
+            b.bin.pid().unwrap_or(0),
+            edge.pid().unwrap_or(0),
+            0,
+        ];
         let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
         let mut rates = Vec::new();
         let mut moved = 0u64;
@@ -462,7 +416,7 @@ async fn sessions_part(world: &World, etcd: &Etcd, a: Replica, b: Replica, k: us
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before: Vec<u64> = [&a, &b, &c, &d]
         .iter()
-        .map(|r| vm_rss_kib(r.bin.pid()))
+        .map(|r| vm_rss_kib(r.bin.pid().unwrap_or(0)))
         .collect();
     let total = (k + 1) as f64; // edge-1 too
 
@@ -523,7 +477,7 @@ async fn sessions_part(world: &World, etcd: &Etcd, a: Replica, b: Replica, k: us
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_after: Vec<u64> = [&a, &b, &c, &d]
         .iter()
-        .map(|r| vm_rss_kib(r.bin.pid()))
+        .map(|r| vm_rss_kib(r.bin.pid().unwrap_or(0)))
         .collect();
     println!(
         "| replica | sessions held | VmRSS before | VmRSS with sessions | per node in the directory |\n|---|---|---|---|---|"

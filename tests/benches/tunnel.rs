@@ -29,12 +29,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
@@ -42,11 +41,10 @@ use rustls::ClientConfig;
 use test_support::client::{BoxIo, Event, exec_ws, http_get, port_forward_ws};
 use test_support::content::generated_log;
 use test_support::kubelet::{ContainerSpec, TestKubelet};
-use tether_e2e::World;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tether_e2e::{Process, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tunnel_session::client::{DialConfig, dial};
 use tunnel_session::{Dialect, NodeIdentity, SessionConfig};
 
@@ -63,80 +61,10 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------
-// Child processes (a copy of the harness' spawner, with a quieter log level: the e2e
-// harness turns on debug logs, which would be measured too).
-
-struct Bin {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: PathBuf,
-}
-
-impl Bin {
-    fn spawn(name: &str, args: &[&str], log: PathBuf) -> Result<Bin> {
-        let level = std::env::var("TETHER_BENCH_LOG").unwrap_or_else(|_| "info".into());
-        let log_file = std::fs::File::create(&log)?;
-        // `TETHER_BENCH_WRAP_CLOUDSTREAM="heaptrack -o /tmp/cs"` runs cloudstream under a tool.
-        let wrap =
-            std::env::var(format!("TETHER_BENCH_WRAP_{}", name.to_uppercase())).unwrap_or_default();
-        let mut words: Vec<String> = wrap.split_whitespace().map(str::to_owned).collect();
-        let binary = tether_e2e::binary(name)?.to_string_lossy().into_owned();
-        let program = if words.is_empty() {
-            binary
-        } else {
-            words.push(binary);
-            words.remove(0)
-        };
-        let mut child = Command::new(program)
-            .args(&words)
-            .args(args)
-            .env("RUST_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, lines) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Bin { child, lines, log })
-    }
-
-    async fn wait_line(&mut self, needle: &str) -> Result<String> {
-        let wait = async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains(needle) {
-                    return Ok(line);
-                }
-            }
-            bail!("exited before printing {needle:?}")
-        };
-        match tokio::time::timeout(Duration::from_secs(20), wait).await {
-            Ok(Ok(line)) => Ok(line),
-            Ok(Err(e)) => Err(e.context(self.logs())),
-            Err(_) => Err(anyhow!("did not print {needle:?}\n{}", self.logs())),
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-}
+// Child processes (`Process::spawn_bench`: the e2e harness' spawner with `info` logs).
 
 struct CloudProc {
-    bin: Bin,
+    bin: Process,
     tunnel: SocketAddr,
     stream: SocketAddr,
 }
@@ -151,7 +79,7 @@ async fn start_cloud(world: &World, log: &str) -> Result<CloudProc> {
         "--stream-addr",
         "127.0.0.1:0",
     ];
-    let mut bin = Bin::spawn("cloudstream", &args, world.path(log))?;
+    let mut bin = Process::spawn_bench("cloudstream", &args, world.path(log))?;
     let line = bin.wait_line("cloudstream listening").await?;
     let field = |name: &str| -> Result<SocketAddr> {
         let prefix = format!("{name}=");
@@ -172,12 +100,12 @@ async fn start_edge(
     world: &World,
     cloud: &CloudProc,
     kubelet: SocketAddr,
-) -> Result<(Bin, String)> {
+) -> Result<(Process, String)> {
     let config = world
         .edgecore(NODE, "10.0.0.11", cloud.tunnel, kubelet, NODE)?
         .to_string_lossy()
         .into_owned();
-    let mut bin = Bin::spawn(
+    let mut bin = Process::spawn_bench(
         "edgestream",
         &["--config", config.as_str()],
         world.path("edgestream.log"),
@@ -311,7 +239,7 @@ impl Via {
 struct Bench {
     world: World,
     cloud: CloudProc,
-    edge: Bin,
+    edge: Process,
     kubelet: TestKubelet,
     kubelet_tls: TestKubelet,
     apiserver: Arc<ClientConfig>,
@@ -385,8 +313,8 @@ impl Bench {
             return Cell::Fail(format!("warm-up: {e:#}"));
         }
         let pids = [
-            self.cloud.bin.pid().to_string(),
-            self.edge.pid().to_string(),
+            self.cloud.bin.pid().unwrap_or(0).to_string(),
+            self.edge.pid().unwrap_or(0).to_string(),
             "self".to_owned(),
         ];
         let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(p)).collect();
@@ -811,7 +739,7 @@ async fn idle_sessions(world: &World, k: usize, stock: bool) -> Result<String> {
         "cloudstream-sessions-tether2.log"
     };
     let mut cloud = start_cloud(world, log).await?;
-    let pid = cloud.bin.pid();
+    let pid = cloud.bin.pid().unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base_rss = vm_rss_kib(pid);
     let base_fds = fd_count(pid);
@@ -1207,7 +1135,7 @@ async fn run() -> Result<()> {
         let mut p50 = Vec::new();
         let mut p99 = Vec::new();
         for via in Via::ALL {
-            let before = cpu_ticks(&b.cloud.bin.pid().to_string());
+            let before = cpu_ticks(&b.cloud.bin.pid().unwrap_or(0).to_string());
             let t = Instant::now();
             match with_stall(exec_rtt(&b, via, rtt_rounds)).await {
                 Ok(times) => {
@@ -1224,7 +1152,8 @@ async fn run() -> Result<()> {
                         us(0.99),
                         us(1.0),
                         t.elapsed().as_secs_f64(),
-                        (cpu_ticks(&b.cloud.bin.pid().to_string()) - before) as f64 / 100.0
+                        (cpu_ticks(&b.cloud.bin.pid().unwrap_or(0).to_string()) - before) as f64
+                            / 100.0
                     );
                     p50.push(Cell::Value(us(0.5)));
                     p99.push(Cell::Value(us(0.99)));
