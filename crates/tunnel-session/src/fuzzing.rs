@@ -243,11 +243,14 @@ fn check_both_ways(server: &TunnelServer, req: &Request<Incoming>) {
         && let Ok(accepted) = fuzz_check::check(server, req, peer, Ok(claimed.clone()))
     {
         assert_eq!(
-            accepted.node, claimed,
+            accepted.node.name, claimed,
             "accepted a node its certificate does not name"
         );
-        assert!(!accepted.node.is_empty(), "accepted an empty node name");
-        assert!(accepted.ip.is_some(), "an accepted node has no IP");
+        assert!(
+            !accepted.node.name.is_empty(),
+            "accepted an empty node name"
+        );
+        assert!(accepted.node.ip.is_some(), "an accepted node has no IP");
         let key = req
             .headers()
             .get(http::header::SEC_WEBSOCKET_KEY)

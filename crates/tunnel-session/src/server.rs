@@ -657,11 +657,12 @@ struct Admitted {
     connection: Arc<OwnedSemaphorePermit>,
 }
 
-struct Accepted {
-    node: NodeIdentity,
-    dialect: Dialect,
-    peer_window: u32,
-    accept_key: String,
+/// What the handshake check accepted (visible in the crate for the fuzz targets).
+pub(crate) struct Accepted {
+    pub(crate) node: NodeIdentity,
+    pub(crate) dialect: Dialect,
+    pub(crate) peer_window: u32,
+    pub(crate) accept_key: String,
 }
 
 /// What a session task keeps from its upgrade request until the upgrade completes.

@@ -133,9 +133,6 @@ struct State {
     reset_sent: bool,
     /// The local handle is gone; late data is dropped.
     detached: bool,
-    /// Why the stream failed (reset, cut, or lost with its session) before the peer ended
-    /// its direction; `None` while it is healthy or once it ended in order.
-    failure: Option<String>,
 }
 
 impl StreamShared {
@@ -166,7 +163,6 @@ impl StreamShared {
                 remove_received: false,
                 reset_sent: false,
                 detached: false,
-                failure: None,
             }),
             space: Notify::new(),
             closed: Notify::new(),
@@ -237,12 +233,10 @@ impl StreamShared {
     pub(crate) fn fail(&self, reason: &str) {
         let mut st = self.lock();
         if st.recv_end.is_none() {
+            // What `FailureWatch` waits for. A reset behind the peer's FIN (a tether/2 edge
+            // resets an exec whose process exited while the client's stdin was open) leaves
+            // the incoming end clean: what the FIN completed is still delivered.
             st.recv_end = Some(End::Failed(reason.to_owned()));
-            // Only a failure that cuts the incoming direction counts for `FailureWatch`: a
-            // reset behind the peer's FIN (a tether/2 edge resets an exec whose process
-            // exited while the client's stdin was open) must not cut short the delivery of
-            // what the FIN completed.
-            st.failure = Some(reason.to_owned());
         }
         if st.send_end.is_none() {
             st.send_end = Some(End::Failed(reason.to_owned()));
@@ -542,8 +536,8 @@ impl FailureWatch {
     pub async fn failed(&self) -> io::Error {
         loop {
             let notified = self.shared.closed.notified();
-            if let Some(reason) = &self.shared.lock().failure {
-                return io_error(&End::Failed(reason.clone()), self.shared.id);
+            if let Some(end @ End::Failed(_)) = &self.shared.lock().recv_end {
+                return io_error(end, self.shared.id);
             }
             notified.await;
         }

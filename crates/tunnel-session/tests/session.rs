@@ -29,6 +29,19 @@ struct Pair {
     _tasks: tokio::task::JoinSet<()>,
 }
 
+impl Pair {
+    /// Opens a stream from the cloud and accepts it on the edge: (cloud end, edge end).
+    async fn open(
+        &mut self,
+        kind: ConnectKind,
+        path: &str,
+    ) -> (tunnel_session::Stream, tunnel_session::Stream) {
+        let cloud = self.cloud.open(kind, request(path)).await.unwrap();
+        let edge = self.incoming.accept().await.unwrap().stream;
+        (cloud, edge)
+    }
+}
+
 fn pair(dialect: Dialect, config: SessionConfig) -> Pair {
     // A pipe large enough not to be the bottleneck, small enough to apply backpressure.
     let (a, b) = tokio::io::duplex(256 * 1024);
@@ -219,12 +232,8 @@ async fn kubeedge_stall_limit_closes_only_the_stuck_stream() {
 #[tokio::test]
 async fn kubeedge_remove_ends_the_stream_and_the_edge_echoes_it() {
     let mut p = pair(Dialect::KubeEdge, SessionConfig::default());
-    let mut cloud_stream = p
-        .cloud
-        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
-        .await
-        .unwrap();
-    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    let (mut cloud_stream, mut edge_stream) =
+        p.open(ConnectKind::Logs, "/containerLogs/a/b/c").await;
     edge_stream.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 5];
     cloud_stream.read_exact(&mut buf).await.unwrap();
@@ -285,12 +294,7 @@ async fn a_silent_peer_is_declared_dead() {
 #[tokio::test]
 async fn streams_fail_at_once_when_the_session_dies() {
     let mut p = pair(Dialect::Tether2, SessionConfig::default());
-    let mut cloud_stream = p
-        .cloud
-        .open(ConnectKind::Logs, request("/containerLogs/a/b/c"))
-        .await
-        .unwrap();
-    let _edge_stream = p.incoming.accept().await.unwrap().stream;
+    let (mut cloud_stream, _edge_stream) = p.open(ConnectKind::Logs, "/containerLogs/a/b/c").await;
     p.edge.close("test");
     let mut sink = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(5), cloud_stream.read_to_end(&mut sink))
@@ -522,12 +526,7 @@ const HANG: std::time::Duration = std::time::Duration::from_secs(10);
 async fn a_bridge_lets_go_of_a_reset_stream_while_its_client_neither_reads_nor_writes() {
     use tunnel_session::pump;
     let mut p = pair(Dialect::Tether2, SessionConfig::default());
-    let mut cloud_stream = p
-        .cloud
-        .open(ConnectKind::Exec, request("/exec/ns/p/c"))
-        .await
-        .unwrap();
-    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    let (mut cloud_stream, mut edge_stream) = p.open(ConnectKind::Exec, "/exec/ns/p/c").await;
     // The client's pipe holds 1 KiB and the client never touches it.
     let (_client, bridge_end) = tokio::io::duplex(1024);
     let bridge = tokio::spawn(async move {
@@ -552,12 +551,7 @@ async fn a_bridge_lets_go_of_a_reset_stream_while_its_client_neither_reads_nor_w
 async fn a_reset_behind_a_fin_does_not_cut_short_what_the_fin_completed() {
     use tunnel_session::pump;
     let mut p = pair(Dialect::Tether2, SessionConfig::default());
-    let mut cloud_stream = p
-        .cloud
-        .open(ConnectKind::Exec, request("/exec/ns/p/c"))
-        .await
-        .unwrap();
-    let mut edge_stream = p.incoming.accept().await.unwrap().stream;
+    let (mut cloud_stream, mut edge_stream) = p.open(ConnectKind::Exec, "/exec/ns/p/c").await;
     let (mut client, bridge_end) = tokio::io::duplex(1024);
     let bridge = tokio::spawn(async move {
         let mut bridge_end = bridge_end;
